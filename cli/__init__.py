@@ -1,0 +1,1 @@
+"""The `tvclean` command-line front end (installed as the `tvclean` package)."""

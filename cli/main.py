@@ -1,0 +1,39 @@
+"""Entry point: the `tvclean` command group."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from tvcore import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="tvclean")
+def cli() -> None:
+    """Find and remove mislabeled images in a weakly-labeled training set.
+
+    tvclean implements Training-ValueNet (Smyth et al., 2019): it extracts CNN
+    features, estimates each training image's value by Monte-Carlo training of
+    a small head, learns per-class regressors of that value, and discards
+    images whose predicted value is negative.
+    """
+
+
+# Each module defines COMMANDS, a list of click commands or groups.
+COMMAND_MODULES: list[str] = []
+
+
+def _register() -> None:
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f".{name}", __package__)
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="tvclean")

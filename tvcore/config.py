@@ -1,0 +1,237 @@
+"""Configuration of every stage: one dataclass per stage, loadable from TOML.
+
+The CLI and the Python API both build a `Config`; the effective configuration
+of every stage that ran is written to `RUN/config.toml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TvcleanError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fail(section: str, name: str, why: str, value: Any) -> None:
+    raise TvcleanError(f"invalid {section}.{name} ({_flag(name)}): {why}, got {value!r}")
+
+
+def _check_positive(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            _fail(section, name, "must be > 0", value)
+
+
+def _check_choice(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        _fail(section, name, f"must be one of {', '.join(choices)}", value)
+
+
+@dataclass
+class ExtractConfig:
+    """Feature extraction (`tvclean extract`)."""
+
+    model: str = "efficientnet-lite0"  # a known model name or a path to an .onnx file
+    batch_size: int = 32  # images per inference call
+    threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
+    decode_workers: int = 0  # image-decoding threads; 0 = automatic
+    max_pixels: int = 89_478_485  # larger images are rejected as decompression bombs
+
+    def validate(self) -> "ExtractConfig":
+        _check_positive("extract", self, "batch_size", "max_pixels")
+        for name in ("threads", "decode_workers"):
+            if getattr(self, name) < 0:
+                _fail("extract", name, "must be >= 0", getattr(self, name))
+        return self
+
+
+@dataclass
+class EstimateConfig:
+    """Monte-Carlo estimation of training-values (`tvclean estimate`)."""
+
+    episodes: int = 100  # independent training runs of a fresh head
+    epochs: int = 1  # passes over the subset per episode
+    lr: float = 0.001  # SGD learning rate (batch size 1, no momentum)
+    per_class: int = 1000  # training examples per class in the subset (S)
+    val_per_class: int = 100  # validation examples per class (V)
+    head: str = "linear"  # "linear" softmax or one-hidden-layer "mlp"
+    hidden: int = 100  # hidden units of the mlp head
+    seed: int = 0
+    threads: int = 0  # numba threads; 0 = all cores
+    dtype: str = "float32"  # "float32" (fast) or "float64" (reference precision)
+    checkpoint_every: int = 10  # episodes between checkpoints
+    memory_budget_mb: int = 2048  # above this the Gram matrix is computed in blocks
+
+    def validate(self) -> "EstimateConfig":
+        _check_positive("estimate", self, "episodes", "epochs", "per_class",
+                        "val_per_class", "hidden", "checkpoint_every", "memory_budget_mb")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            _fail("estimate", "lr", "must be a finite number > 0", self.lr)
+        _check_choice("estimate", self, "head", ("linear", "mlp"))
+        _check_choice("estimate", self, "dtype", ("float32", "float64"))
+        if self.threads < 0:
+            _fail("estimate", "threads", "must be >= 0", self.threads)
+        return self
+
+
+@dataclass
+class ValueNetConfig:
+    """Per-class Training-ValueNet regressors (feature -> training-value)."""
+
+    hidden: int = 100
+    dropout: float = 0.5
+    lr: float = 0.001  # Adam learning rate
+    loss: str = "mae"  # "mae" (the original's) or "mse"
+    val_split: float = 0.1
+    batch_size: int = 32
+    max_epochs: int = 100
+    patience: int = 10
+    target_scale: str = "mean-abs"  # "mean-abs": divide targets by the class's mean |value|; "none"
+    min_examples: int = 10  # fewer MC examples in a class: use its MC estimates directly
+    seed: int = 0
+
+    def validate(self) -> "ValueNetConfig":
+        _check_positive("valuenet", self, "hidden", "lr", "batch_size", "max_epochs",
+                        "patience", "min_examples")
+        if not 0 <= self.dropout < 1:
+            _fail("valuenet", "dropout", "must be in [0, 1)", self.dropout)
+        if not 0 < self.val_split < 1:
+            _fail("valuenet", "val_split", "must be in (0, 1)", self.val_split)
+        _check_choice("valuenet", self, "loss", ("mae", "mse"))
+        _check_choice("valuenet", self, "target_scale", ("mean-abs", "none"))
+        return self
+
+
+@dataclass
+class FilterConfig:
+    """Decisions and the split data set (`tvclean filter`)."""
+
+    threshold: float = 0.0  # images with predicted value below this are discarded
+    output: str = "copy"  # "copy", "hardlink", "symlink" or "none" (CSV only)
+    prefix_values: bool = False  # prefix output file names with the value, as the original
+
+    def validate(self) -> "FilterConfig":
+        if not math.isfinite(self.threshold):
+            _fail("filter", "threshold", "must be a finite number", self.threshold)
+        _check_choice("filter", self, "output", ("copy", "hardlink", "symlink", "none"))
+        return self
+
+
+@dataclass
+class ReportConfig:
+    """The HTML report (`tvclean report`)."""
+
+    enabled: bool = True
+    embedding_sample: int = 2000  # images in the t-SNE plot
+    thumbnails: int = 8  # most negative / most positive images shown per class
+
+    def validate(self) -> "ReportConfig":
+        _check_positive("report", self, "embedding_sample", "thumbnails")
+        return self
+
+
+SECTIONS = {
+    "extract": ExtractConfig,
+    "estimate": EstimateConfig,
+    "valuenet": ValueNetConfig,
+    "filter": FilterConfig,
+    "report": ReportConfig,
+}
+
+
+@dataclass
+class Config:
+    """The configuration of all stages."""
+
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
+    valuenet: ValueNetConfig = field(default_factory=ValueNetConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def validate(self) -> "Config":
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
+        config = cls()
+        for section, values in data.items():
+            if section not in SECTIONS:
+                raise TvcleanError(f"{source}: unknown section [{section}]; "
+                                   f"known: {', '.join(SECTIONS)}")
+            if not isinstance(values, dict):
+                raise TvcleanError(f"{source}: [{section}] must be a table")
+            set_options(getattr(config, section), section, values, source)
+        return config.validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TvcleanError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise TvcleanError(f"{path}: not valid TOML ({exc})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+def set_options(obj: Any, section: str, values: dict[str, Any], source: str = "options") -> None:
+    """Set dataclass fields from a mapping, checking names and types."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in fields:
+            raise TvcleanError(f"{source}: unknown option {section}.{name}; "
+                               f"known: {', '.join(fields)}")
+        setattr(obj, name, _coerce(section, name, getattr(obj, name), value, source))
+
+
+def _coerce(section: str, name: str, current: Any, value: Any, source: str) -> Any:
+    expected = type(current)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise TvcleanError(f"{source}: {section}.{name} must be {expected.__name__}, "
+                       f"got {value!r}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(data: dict[str, dict[str, Any]]) -> str:
+    """Write a mapping of tables of scalars as TOML."""
+    lines: list[str] = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(val)}" for key, val in values.items())
+        lines.append("")
+    return "\n".join(lines)
