@@ -1,0 +1,77 @@
+"""Click options generated from the stage config dataclasses, and config assembly.
+
+Every option defaults to None ("not given"), so that a value from `--config
+FILE` is only overridden by options the user actually typed; the help text
+shows the dataclass default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import click
+
+from tvcore.config import SECTIONS, Config, set_options
+
+
+def _default(section: str, name: str) -> Any:
+    return getattr(SECTIONS[section](), name)
+
+
+def stage_options(section: str, helps: dict[str, str],
+                  choices: dict[str, tuple[str, ...]] | None = None) -> Callable:
+    """Decorator adding one option per field named in `helps` (option `--field-name`).
+
+    The option's parameter is called `<section>__<field>` so options of several
+    stages can sit on one command (`tvclean clean`).
+    """
+    choices = choices or {}
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+
+    def decorate(fn: Callable) -> Callable:
+        for name in reversed(list(helps)):
+            default = _default(section, name)
+            kind: Any = type(default)
+            if name in choices:
+                kind = click.Choice(choices[name])
+            flag = "--" + name.replace("_", "-")
+            param = f"{section}__{name}"
+            shown = str(default).lower() if isinstance(default, bool) else default
+            help_text = f"{helps[name]} [default: {shown}]"
+            if kind is bool:
+                decl = f"{flag}/--no-{name.replace('_', '-')}"
+                fn = click.option(decl, param, default=None, help=help_text)(fn)
+            else:
+                fn = click.option(flag, param, type=kind, default=None, help=help_text)(fn)
+            assert name in fields, name
+        return fn
+
+    return decorate
+
+
+config_file_option = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False), default=None,
+    help="TOML file with [extract], [estimate], [valuenet], [filter], [report] tables; "
+         "options given on the command line override it.")
+
+
+def build_config(config_file: str | None, options: dict[str, Any]) -> Config:
+    """Config from the TOML file (if any) overridden by the options that were given."""
+    config = Config.from_toml(config_file) if config_file else Config()
+    by_section: dict[str, dict[str, Any]] = {}
+    for param, value in options.items():
+        if "__" not in param or value is None:
+            continue
+        section, name = param.split("__", 1)
+        by_section.setdefault(section, {})[name] = value
+    for section, values in by_section.items():
+        set_options(getattr(config, section), section, values, source="command line")
+    return config.validate()
+
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate stage options (`section__field`) from the command's own arguments."""
+    stage = {k: v for k, v in kwargs.items() if "__" in k}
+    own = {k: v for k, v in kwargs.items() if "__" not in k}
+    return stage, own

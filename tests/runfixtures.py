@@ -1,0 +1,49 @@
+"""Build run directories with given feature arrays (the `extract` stage's contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tvcore.rundir import RunDir, atomic_save_npy, atomic_write_csv, atomic_write_json
+
+
+def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, root="/data"):
+    features = np.asarray(features, np.float32)
+    ok = np.ones(len(labels), bool) if ok is None else np.asarray(ok)
+    features = np.where(ok[:, None], features, 0).astype(np.float32)
+    atomic_save_npy(run.features / f"{name}.npy", features)
+    rows = []
+    for i, (label, good) in enumerate(zip(labels, ok)):
+        path = f"{root}/{name}/{class_names[label]}/img{i:05d}.png"
+        rows.append((path, int(label), class_names[label], "ok" if good else "error",
+                     "" if good else "cannot identify image file"))
+    atomic_write_csv(run.features / f"{name}_index.csv",
+                     ("path", "label", "class_name", "status", "error"), rows)
+
+
+def make_feature_run(root: Path, train_features, train_labels, val_features, val_labels,
+                     class_names=None, train_ok=None) -> RunDir:
+    """A run directory holding RUN/features as `tvclean extract` writes it."""
+    n_classes = int(max(np.max(train_labels), np.max(val_labels))) + 1
+    class_names = class_names or [f"class{k}" for k in range(n_classes)]
+    run = RunDir(root)
+    write_split(run, "train", train_features, train_labels, class_names, train_ok)
+    write_split(run, "val", val_features, val_labels, class_names)
+    atomic_write_json(run.features / "meta.json", {
+        "classes": class_names, "dim": int(np.shape(train_features)[1]),
+        "model": {"name": "synthetic", "sha256": "", "preprocessing": {}},
+    })
+    return run
+
+
+def clustered_features(rng, n_per_class, n_classes, dim, noise=0.6, flip=0.0):
+    """Non-negative features around one centre per class; returns features, labels, flipped."""
+    centres = rng.gamma(1.0, 1.0, (n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), n_per_class)
+    features = centres[labels] + noise * rng.gamma(1.0, 1.0, (labels.size, dim))
+    flipped = rng.random(labels.size) < flip
+    given = labels.copy()
+    given[flipped] = (labels[flipped] + rng.integers(1, n_classes, flipped.sum())) % n_classes
+    return features.astype(np.float32), given, flipped

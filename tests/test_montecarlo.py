@@ -1,0 +1,177 @@
+"""The Monte-Carlo engine against the naive float64 reference (tests/naive.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from naive import naive_linear_deltas, naive_mlp_deltas
+from tvcore import montecarlo
+from tvcore.config import EstimateConfig
+from tvcore.errors import TvcleanError
+
+
+def _problem(rng, class_sizes, val_sizes, dim, **options):
+    n_classes = len(class_sizes)
+    sub_labels = np.repeat(np.arange(n_classes), class_sizes)
+    val_labels = rng.permutation(np.repeat(np.arange(n_classes), val_sizes))
+    # Non-negative, unnormalised features, like CNN activations.
+    sub = rng.gamma(0.8, 0.6, (sub_labels.size, dim))
+    val = rng.gamma(0.8, 0.6, (val_labels.size, dim))
+    config = EstimateConfig(**options).validate()
+    problem = montecarlo.MonteCarloProblem(sub, sub_labels, val, val_labels, n_classes, config)
+    return problem, sub, sub_labels, val, val_labels
+
+
+def _naive_block(problem, sub, sub_labels, val, val_labels, first, stop):
+    streams = montecarlo.episode_streams(problem, first, stop)
+    # The engine starts from the weights rounded to its precision.
+    weights = [w.astype(problem.dtype).astype(np.float64) for w in streams.weights]
+    lr = problem.config.lr
+    out = []
+    for slot in range(stop - first):
+        order = streams.orders[slot]
+        if problem.config.head == "linear":
+            out.append(naive_linear_deltas(sub, sub_labels, val, val_labels, weights[0][slot],
+                                           order, lr))
+        else:
+            out.append(naive_mlp_deltas(sub, sub_labels, val, val_labels, weights[0][slot],
+                                        weights[1][slot], order, lr))
+    return np.stack(out)
+
+
+def _max_relative_error(got, ref):
+    return np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+
+
+CASES = [
+    # class sizes, val sizes, dim, options
+    ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.01)),
+    ((9, 3), (2, 6), 20, dict(head="linear", lr=0.05, epochs=3)),  # K=2, epochs > 1
+    ((1, 1, 1), (3, 2, 1), 8, dict(head="linear", lr=0.1)),  # S=1
+    ((10, 2, 6, 1), (5, 5, 2, 3), 15, dict(head="linear", lr=0.02, epochs=2)),
+    ((6, 4, 5), (3, 4, 2), 10, dict(head="mlp", hidden=7, lr=0.05)),
+    ((8, 3), (4, 2), 16, dict(head="mlp", hidden=12, lr=0.1, epochs=2)),  # K=2
+    ((1, 1), (2, 1), 6, dict(head="mlp", hidden=5, lr=0.2)),  # S=1
+]
+
+
+@pytest.mark.parametrize("sizes, val_sizes, dim, options", CASES)
+def test_float64_engine_equals_naive_reference(sizes, val_sizes, dim, options):
+    rng = np.random.default_rng(hash((sizes, dim)) % 2**32)
+    problem, *arrays = _problem(rng, sizes, val_sizes, dim, dtype="float64", seed=3, **options)
+    got = montecarlo.run_episodes(problem, 2, 5)
+    ref = _naive_block(problem, *arrays, 2, 5)
+    assert got.shape == ref.shape == (3, problem.config.epochs, sum(sizes))
+    assert _max_relative_error(got, ref) <= 1e-9
+
+
+@pytest.mark.parametrize("sizes, val_sizes, dim, options", CASES)
+def test_float32_engine_is_within_float32_rounding(sizes, val_sizes, dim, options):
+    rng = np.random.default_rng(hash((sizes, dim, 32)) % 2**32)
+    problem, *arrays = _problem(rng, sizes, val_sizes, dim, dtype="float32", seed=4, **options)
+    got = montecarlo.run_episodes(problem, 0, 3)
+    ref = _naive_block(problem, *arrays, 0, 3)
+    assert _max_relative_error(got, ref) <= 2e-5
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_blocked_gram_gives_the_same_values(head):
+    rng = np.random.default_rng(7)
+    options = dict(head=head, hidden=6, lr=0.05, dtype="float64", seed=1)
+    problem, *arrays = _problem(rng, (30, 20, 25), (40, 30, 35), 10, **options)
+    blocked, *_ = _problem(np.random.default_rng(7), (30, 20, 25), (40, 30, 35), 10, **options)
+    blocked.config.memory_budget_mb = 1
+    blocked.blocks = [(0, 33), (33, 70), (70, 105)]  # as a tiny budget would split it
+    whole = montecarlo.run_episodes(problem, 0, 2)
+    split = montecarlo.run_episodes(blocked, 0, 2)
+    assert len(problem.blocks) == 1
+    assert _max_relative_error(split, whole) <= 1e-12
+    assert _max_relative_error(whole, _naive_block(problem, *arrays, 0, 2)) <= 1e-9
+
+
+def test_memory_budget_splits_the_gram_matrix():
+    rng = np.random.default_rng(0)
+    problem, *_ = _problem(rng, (2000, 2000), (300, 300), 4, memory_budget_mb=4)
+    # 4000 examples x 4 bytes = 16 000 bytes per validation column: 262 columns fit in 4 MiB.
+    assert [hi - lo for lo, hi in problem.blocks] == [262, 262, 76]
+    assert all(problem.gram(b).shape == (4000, hi - lo)
+               for b, (lo, hi) in enumerate(problem.blocks))
+
+
+def test_values_do_not_depend_on_threads_or_block_size():
+    import numba
+
+    rng = np.random.default_rng(11)
+    problem, *_ = _problem(rng, (40, 30, 20), (10, 10, 10), 16, episodes=6, lr=0.01)
+    numba.set_num_threads(1)
+    one = montecarlo.estimate_values(problem, block=1)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    many = montecarlo.estimate_values(problem, block=4)
+    np.testing.assert_array_equal(one.mean, many.mean)
+    np.testing.assert_array_equal(one.stderr, many.stderr)
+    assert one.count.tolist() == [6] * 90
+
+
+def test_accumulator_mean_stderr_and_count():
+    drops = np.random.default_rng(2).normal(size=(5, 2, 4))
+    acc = montecarlo.ValueAccumulator(4)
+    acc.add(drops[:2])
+    acc.add(drops[2:])
+    flat = drops.reshape(10, 4)
+    np.testing.assert_allclose(acc.mean, flat.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(acc.stderr, flat.std(axis=0, ddof=1) / np.sqrt(10), rtol=1e-9)
+    assert acc.count.tolist() == [10] * 4 and acc.episodes == 5
+
+
+def test_subset_selection_is_seeded_balanced_and_warns_on_small_classes():
+    labels = np.repeat([0, 1, 2], [50, 8, 30])
+    val_labels = np.repeat([0, 1, 2], [5, 5, 5])
+    config = EstimateConfig(per_class=10, val_per_class=3, seed=5)
+    a = montecarlo.select_subset(labels, val_labels, 3, config, class_names=["a", "b", "c"])
+    b = montecarlo.select_subset(labels, val_labels, 3, config, class_names=["a", "b", "c"])
+    np.testing.assert_array_equal(a.train_rows, b.train_rows)
+    assert np.bincount(labels[a.train_rows]).tolist() == [10, 8, 10]
+    assert np.bincount(val_labels[a.val_rows]).tolist() == [3, 3, 3]
+    assert len(a.warnings) == 1 and "b (8)" in a.warnings[0]
+    other = montecarlo.select_subset(labels, val_labels, 3, EstimateConfig(per_class=10, seed=6))
+    assert not np.array_equal(a.train_rows, other.train_rows)
+
+
+def test_subset_only_draws_eligible_rows():
+    labels = np.repeat([0, 1], [20, 20])
+    eligible = np.arange(0, 40, 2)
+    subset = montecarlo.select_subset(labels, labels, 2, EstimateConfig(per_class=100),
+                                      train_eligible=eligible)
+    assert set(subset.train_rows.tolist()) == set(eligible.tolist())
+
+
+def test_class_without_validation_example_is_an_error():
+    labels = np.repeat([0, 1, 2], 5)
+    with pytest.raises(TvcleanError, match="class 'c' has no usable validation image"):
+        montecarlo.select_subset(labels, np.array([0, 1, 1]), 3, EstimateConfig(),
+                                 class_names=["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    with pytest.raises(TvcleanError, match="class 2 has no validation example"):
+        montecarlo.MonteCarloProblem(rng.random((6, 3)), [0, 0, 1, 1, 2, 2], rng.random((2, 3)),
+                                     [0, 1], 3, EstimateConfig())
+
+
+def test_non_finite_features_are_reported_by_path():
+    features = np.ones((4, 3), np.float32)
+    features[2, 1] = np.nan
+    with pytest.raises(TvcleanError, match="features of b.png contain NaN or inf"):
+        montecarlo.check_finite(features, np.arange(4), "training", ["a.png", "x", "b.png", "y"])
+    montecarlo.check_finite(features, np.array([0, 1, 3]), "training")  # row 2 not drawn
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(lr=0.0), "invalid estimate.lr \\(--lr\\): must be a finite number > 0"),
+    (dict(lr=-1.0), "estimate.lr"),
+    (dict(episodes=0), "invalid estimate.episodes \\(--episodes\\): must be > 0, got 0"),
+    (dict(head="cnn"), "estimate.head .*must be one of linear, mlp"),
+    (dict(per_class=0), "estimate.per_class"),
+])
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(TvcleanError, match=message):
+        EstimateConfig(**options).validate()

@@ -1,0 +1,369 @@
+"""Numba kernels of the Monte-Carlo phase: exact per-step validation-loss drops.
+
+Plain arrays in, plain arrays out; no I/O, no Python objects. The pipeline in
+montecarlo.py validates inputs, draws the random streams and allocates.
+
+Why it is fast: one SGD step on training example i changes the head's first
+layer by a rank-1 term, so the validation logits (linear head) or hidden
+pre-activations (MLP head) change by `lr * (X_val x_i + 1) * (...)ᵀ`, and
+`X_val x_i + 1` is row i of the precomputed augmented Gram matrix. The validation softmax is
+kept as unnormalised exponentials E (classes, n_val) with row sums S, so a
+logit change u multiplies E by exp(u); the loss change of validation example
+m is `log1p(sum_k p_km expm1(u_km)) - u_(y_m) m`, computed without
+cancellation.
+
+Shapes: N training examples in the subset, D features, K classes, H hidden
+units, M validation examples (sorted by class; `val_bounds[k]:val_bounds[k+1]`
+is class k), T a tile of validation examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .vmath import vexpm1, vlog1p
+
+# Loops holding vexpm1/vlog1p must not get `reassoc` (it would undo their
+# rounding tricks); `contract` (FMA) only makes them more accurate.
+_FLAGS = {"contract"}
+# Reductions need reassociation to vectorize; kept to small leaf functions.
+_SUM_FLAGS = {"contract", "reassoc", "nsz"}
+_TILE = 256  # validation examples per tile: the tile's buffers stay in L1/L2
+_BIG = 2.0 ** 40  # rescale a validation row's exponentials outside this range
+_SMALL = 2.0 ** -40
+
+
+@njit(fastmath=_SUM_FLAGS, cache=True)
+def _dot(a, b):
+    """Dot product of two 1-D arrays of the same dtype, in that dtype."""
+    acc = a[0] * 0
+    for i in range(a.shape[0]):
+        acc += a[i] * b[i]
+    return acc
+
+
+@njit(fastmath=_SUM_FLAGS, cache=True)
+def _sum64(a, lo, hi):
+    """Sum of a[lo:hi] accumulated in float64."""
+    acc = 0.0
+    for i in range(lo, hi):
+        acc += np.float64(a[i])
+    return acc
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _softmax_grad(logits, label, lr, step):
+    """step[k] = -lr * (softmax(logits)[k] - [k == label]), computed in float64."""
+    peak = logits.max()
+    total = 0.0
+    for k in range(logits.shape[0]):
+        total += math.exp(logits[k] - peak)
+    for k in range(logits.shape[0]):
+        grad = math.exp(logits[k] - peak) / total - (1.0 if k == label else 0.0)
+        step[k] = -lr * grad
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _init_softmax_state(val_logits, exps, sums):
+    """exps (K, M) = exp(logits - max over classes); sums (M,) their class sums."""
+    n_classes, n_val = val_logits.shape
+    for m in range(n_val):
+        peak = val_logits[0, m]
+        for k in range(1, n_classes):
+            peak = max(peak, val_logits[k, m])
+        total = 0.0
+        for k in range(n_classes):
+            value = math.exp(np.float64(val_logits[k, m]) - peak)
+            exps[k, m] = value
+            total += value
+        sums[m] = total
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _rescale_rows(exps, sums):
+    """Keep every validation example's exponentials within float range (rarely acts)."""
+    outside = 0
+    for m in range(sums.shape[0]):
+        outside += (sums[m] > _BIG) | (sums[m] < _SMALL)
+    if outside == 0:
+        return
+    for m in range(sums.shape[0]):
+        if sums[m] > _BIG or sums[m] < _SMALL:
+            inv = 1.0 / sums[m]
+            for k in range(exps.shape[0]):
+                exps[k, m] *= inv
+            sums[m] = 1.0
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _finish_tile(sums, m0, width, acc, log_terms):
+    """Fold acc (sum_k E_km expm1(u_km)) into the row sums; return sum_m log1p(s_m)."""
+    sums_tile = sums[m0:m0 + width]
+    for m in range(width):
+        log_terms[m] = vlog1p(acc[m] / sums_tile[m])
+        sums_tile[m] += acc[m]
+    return _sum64(log_terms, 0, width)
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, log_terms):
+    """Apply logit change `change[:, :width]` to validation examples m0..m0+width.
+
+    Updates exps/sums in place and returns the summed loss drop of the tile,
+    sum_m [change[y_m, m] - log1p(sum_k p_km expm1(change[k, m]))], in float64.
+    """
+    zero = exps.dtype.type(0)
+    for m in range(width):
+        acc[m] = zero
+    for k in range(exps.shape[0]):
+        exps_k = exps[k, m0:m0 + width]
+        change_k = change[k]
+        for m in range(width):
+            q = exps_k[m] * vexpm1(change_k[m])
+            acc[m] += q
+            exps_k[m] += q
+    drop = -_finish_tile(sums, m0, width, acc, log_terms)
+    for k in range(exps.shape[0]):
+        lo = min(max(val_bounds[k] - m0, 0), width)
+        hi = min(max(val_bounds[k + 1] - m0, 0), width)
+        drop += _sum64(change[k], lo, hi)
+    return drop
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _apply_rank1_change(exps, sums, gram_row, step, val_bounds, acc, log_terms):
+    """As _apply_logit_change for the linear head's change u_km = gram_row[m] * step[k].
+
+    The change is formed on the fly: no (K, M) buffer is written and read back.
+    """
+    n_val = exps.shape[1]
+    zero = exps.dtype.type(0)
+    for m in range(n_val):
+        acc[m] = zero
+    for k in range(exps.shape[0]):
+        exps_k = exps[k]
+        ak = step[k]
+        for m in range(n_val):
+            q = exps_k[m] * vexpm1(gram_row[m] * ak)
+            acc[m] += q
+            exps_k[m] += q
+    drop = -_finish_tile(sums, 0, n_val, acc, log_terms)
+    for k in range(exps.shape[0]):
+        drop += np.float64(step[k]) * _sum64(gram_row, val_bounds[k], val_bounds[k + 1])
+    return drop
+
+
+# ---------------------------------------------------------------- linear head
+
+
+@njit(fastmath=_SUM_FLAGS, cache=True)
+def _axpy_dot(row, a, x, x_next):
+    """row += a * x, then return row · x_next (one pass over row)."""
+    acc = row[0] * 0
+    for d in range(row.shape[0]):
+        value = row[d] + a * x[d]
+        row[d] = value
+        acc += value * x_next[d]
+    return acc
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _linear_step_and_forward(weights, bias, x, step, x_next, logits):
+    """Apply the SGD step (-lr * grad, per class) on x and compute the logits of x_next.
+
+    Fusing the update with the next forward pass reads the weights once per step.
+    """
+    for k in range(weights.shape[0]):
+        bias[k] += step[k]
+        logits[k] = _axpy_dot(weights[k], step[k], x, x_next) + bias[k]
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights,
+                    init_val_logits, order, lr, out):
+    n_classes, n_val = init_val_logits.shape
+    dtype = sub_feats.dtype
+    weights = init_weights.copy()
+    bias = np.zeros(n_classes, dtype)
+    exps = np.empty((n_classes, n_val), dtype)
+    sums = np.empty(n_val, dtype)
+    _init_softmax_state(init_val_logits, exps, sums)
+    logits = np.empty(n_classes, dtype)
+    step = np.zeros(n_classes, dtype)
+    acc = np.empty(n_val, dtype)
+    log_terms = np.empty(n_val, dtype)
+    n_sub = order.shape[1]
+    visits = order.ravel()
+    first = sub_feats[visits[0]]
+    # A zero step on the first example is just its forward pass.
+    _linear_step_and_forward(weights, bias, first, step, first, logits)
+    for t in range(visits.shape[0]):
+        i = visits[t]
+        _softmax_grad(logits, sub_labels[i], lr, step)
+        out[t // n_sub, i] = _apply_rank1_change(exps, sums, gram_sub_val[i], step, val_bounds,
+                                                 acc, log_terms)
+        _rescale_rows(exps, sums)
+        following = visits[min(t + 1, visits.shape[0] - 1)]
+        _linear_step_and_forward(weights, bias, sub_feats[i], step, sub_feats[following], logits)
+
+
+@njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
+def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights,
+                       init_val_logits, orders, lr, out):
+    """Summed validation-loss drops of every SGD step of a block of episodes, linear head.
+
+    sub_feats (N, D), sub_labels (N,) int64, gram_sub_val (N, M) = X_sub X_valᵀ + 1,
+    val_bounds (K+1,) int64 class ranges of the validation examples,
+    init_weights (E, K, D), init_val_logits (E, K, M) = W0 X_valᵀ,
+    orders (E, epochs, N) int64 visiting order, lr float.
+    out (E, epochs, N) float64 receives, for episode e, epoch p and example i,
+    sum over validation examples of (loss before - loss after) the step on i.
+    Divide by the total number of validation examples for the mean drop.
+    """
+    for e in prange(init_weights.shape[0]):
+        _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights[e],
+                        init_val_logits[e], orders[e], lr, out[e])
+
+
+# ---------------------------------------------------------------- MLP head
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _mlp_forward(w1, b1, w2, b2, x, pre, hidden, logits):
+    """pre (H,) = w1 x + b1, hidden = relu(pre), logits (K,) = w2 hidden + b2."""
+    zero = x.dtype.type(0)
+    for j in range(w1.shape[0]):
+        pre[j] = _dot(w1[j], x) + b1[j]
+        hidden[j] = max(pre[j], zero)
+    for k in range(w2.shape[0]):
+        logits[k] = _dot(w2[k], hidden) + b2[k]
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _mlp_backward(w2, pre, step, hidden_step):
+    """hidden_step (H,) = -lr * grad wrt pre-activations, given step = -lr * grad wrt logits."""
+    for j in range(w2.shape[1]):
+        total = 0.0
+        if pre[j] > 0:
+            for k in range(w2.shape[0]):
+                total += np.float64(w2[k, j]) * np.float64(step[k])
+        hidden_step[j] = total
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _mlp_update(w1, b1, w2, b2, x, hidden, step, hidden_step):
+    for k in range(w2.shape[0]):
+        ak = step[k]
+        for j in range(w2.shape[1]):
+            w2[k, j] += ak * hidden[j]
+        b2[k] += ak
+    for j in range(w1.shape[0]):
+        dj = hidden_step[j]
+        if dj != 0:
+            row = w1[j]
+            for d in range(x.shape[0]):
+                row[d] += dj * x[d]
+            b1[j] += dj
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _mlp_tile_change(val_pre, gram_row, w2, hidden, step, hidden_step, active, n_active,
+                     m0, width, relu_change, relu_dot, change):
+    """Logit change (K, width) of validation tile m0.. from one MLP step; updates val_pre.
+
+    Only hidden units active for the training example (pre > 0) move: the others
+    have zero gradient, so their validation pre-activations stay as they are.
+    """
+    zero = val_pre.dtype.type(0)
+    for m in range(width):
+        relu_dot[m] = zero
+    for a in range(n_active):
+        j = active[a]
+        dj = hidden_step[j]
+        hj = hidden[j]
+        pre_j = val_pre[j, m0:m0 + width]
+        change_j = relu_change[a]
+        for m in range(width):
+            old = pre_j[m]
+            new = old + dj * gram_row[m0 + m]
+            pre_j[m] = new
+            change_j[m] = max(new, zero) - max(old, zero)
+            relu_dot[m] += hj * max(new, zero)
+    for k in range(w2.shape[0]):
+        ak = step[k]
+        change_k = change[k]
+        for m in range(width):
+            change_k[m] = ak * relu_dot[m] + ak
+        for a in range(n_active):
+            w_kj = w2[k, active[a]]
+            change_a = relu_change[a]
+            for m in range(width):
+                change_k[m] += w_kj * change_a[m]
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_w2,
+                 init_val_pre, init_val_logits, order, lr, out):
+    n_hidden = init_w1.shape[0]
+    n_classes = init_w2.shape[0]
+    n_val = init_val_pre.shape[1]
+    dtype = sub_feats.dtype
+    w1 = init_w1.copy()
+    b1 = np.zeros(n_hidden, dtype)
+    w2 = init_w2.copy()
+    b2 = np.zeros(n_classes, dtype)
+    val_pre = init_val_pre.copy()
+    exps = np.empty((n_classes, n_val), dtype)
+    sums = np.empty(n_val, dtype)
+    _init_softmax_state(init_val_logits, exps, sums)
+    pre = np.empty(n_hidden, dtype)
+    hidden = np.empty(n_hidden, dtype)
+    logits = np.empty(n_classes, dtype)
+    step = np.empty(n_classes, dtype)
+    hidden_step = np.empty(n_hidden, dtype)
+    active = np.empty(n_hidden, np.int64)
+    relu_change = np.empty((n_hidden, _TILE), dtype)
+    relu_dot = np.empty(_TILE, dtype)
+    change = np.empty((n_classes, _TILE), dtype)
+    acc = np.empty(_TILE, dtype)
+    log_terms = np.empty(_TILE, dtype)
+    for epoch in range(order.shape[0]):
+        for t in range(order.shape[1]):
+            i = order[epoch, t]
+            x = sub_feats[i]
+            _mlp_forward(w1, b1, w2, b2, x, pre, hidden, logits)
+            _softmax_grad(logits, sub_labels[i], lr, step)
+            _mlp_backward(w2, pre, step, hidden_step)
+            n_active = 0
+            for j in range(n_hidden):
+                if pre[j] > 0:
+                    active[n_active] = j
+                    n_active += 1
+            drop = 0.0
+            for m0 in range(0, n_val, _TILE):
+                width = min(_TILE, n_val - m0)
+                _mlp_tile_change(val_pre, gram_sub_val[i], w2, hidden, step, hidden_step,
+                                 active, n_active, m0, width, relu_change, relu_dot, change)
+                drop += _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc,
+                                            log_terms)
+            _rescale_rows(exps, sums)
+            _mlp_update(w1, b1, w2, b2, x, hidden, step, hidden_step)
+            out[epoch, i] = drop
+
+
+@njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
+def mlp_head_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_w2,
+                    init_val_pre, init_val_logits, orders, lr, out):
+    """Summed validation-loss drops of every SGD step of a block of episodes, MLP head.
+
+    As linear_head_deltas, with a one-hidden-layer ReLU head:
+    init_w1 (E, H, D), init_w2 (E, K, H), zero biases,
+    init_val_pre (E, H, M) = W1 X_valᵀ (validation hidden pre-activations),
+    init_val_logits (E, K, M) = W2 relu(init_val_pre).
+    """
+    for e in prange(init_w1.shape[0]):
+        _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1[e], init_w2[e],
+                     init_val_pre[e], init_val_logits[e], orders[e], lr, out[e])

@@ -1,0 +1,269 @@
+"""Monte-Carlo estimation of training-values over arrays (no files).
+
+The flow: `select_subset` picks S training and V validation examples per class;
+`MonteCarloProblem` holds them with the augmented Gram matrix; `run_episodes`
+runs a block of episodes through the numba kernels; `ValueAccumulator` folds
+per-episode loss drops into mean, standard error and count, always in episode
+order, so the values do not depend on threads, block sizes, resumes or workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import mc_kernels
+from .config import EstimateConfig
+from .errors import TvcleanError
+
+# Independent random streams, derived from the user's seed.
+_SUBSET_STREAM = 1
+_EPISODE_STREAM = 2
+
+
+@dataclass
+class Subset:
+    """Row numbers chosen for the Monte-Carlo phase, sorted by class then row."""
+
+    train_rows: np.ndarray  # (N,) int64
+    val_rows: np.ndarray  # (M,) int64
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pick_per_class(labels, eligible, n_classes, per_class, rng, class_names, split):
+    rows, short = [], []
+    for k in range(n_classes):
+        candidates = eligible[labels[eligible] == k]
+        if candidates.size == 0:
+            raise TvcleanError(f"class '{class_names[k]}' has no usable {split} image")
+        take = min(per_class, candidates.size)
+        if take < per_class:
+            short.append(f"{class_names[k]} ({candidates.size})")
+        rows.append(np.sort(rng.choice(candidates, size=take, replace=False)))
+    return np.concatenate(rows).astype(np.int64), short
+
+
+def select_subset(train_labels, val_labels, n_classes, config: EstimateConfig,
+                  train_eligible=None, val_eligible=None, class_names=None) -> Subset:
+    """Draw up to S training and V validation examples of every class (seeded).
+
+    train_labels (n_train,), val_labels (n_val,) int class indices;
+    *_eligible: row numbers that may be drawn (default: all).
+    """
+    class_names = class_names or [str(k) for k in range(n_classes)]
+    train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
+    if train_eligible is None:
+        train_eligible = np.arange(train_labels.size)
+    if val_eligible is None:
+        val_eligible = np.arange(val_labels.size)
+    rng = np.random.default_rng([config.seed, _SUBSET_STREAM])
+    train_rows, short = _pick_per_class(train_labels, np.asarray(train_eligible), n_classes,
+                                        config.per_class, rng, class_names, "training")
+    val_rows, _ = _pick_per_class(val_labels, np.asarray(val_eligible), n_classes,
+                                  config.val_per_class, rng, class_names, "validation")
+    warnings = []
+    if short:
+        warnings.append(f"{len(short)} class(es) have fewer than --per-class {config.per_class} "
+                        f"training images and use all they have: {', '.join(short)}")
+    return Subset(train_rows=train_rows, val_rows=val_rows, warnings=warnings)
+
+
+def check_finite(features: np.ndarray, rows: np.ndarray, what: str, names=None) -> None:
+    """Fail naming the first row whose features contain NaN or inf."""
+    block = 4096
+    for start in range(0, rows.size, block):
+        chunk = rows[start:start + block]
+        bad = ~np.isfinite(features[chunk]).all(axis=1)
+        if bad.any():
+            row = int(chunk[np.argmax(bad)])
+            label = names[row] if names is not None else f"row {row}"
+            raise TvcleanError(f"{what} features of {label} contain NaN or inf; "
+                               "re-extract the features")
+
+
+class MonteCarloProblem:
+    """The arrays one Monte-Carlo run works on, in the engine's dtype and layout.
+
+    sub_feats (N, D), sub_labels (N,), val_feats (M, D) sorted by class,
+    val_bounds (K+1,), and the augmented Gram matrix X_sub X_valᵀ + 1 in
+    validation blocks that each fit the memory budget.
+    """
+
+    def __init__(self, sub_feats, sub_labels, val_feats, val_labels, n_classes,
+                 config: EstimateConfig):
+        self.config = config
+        self.dtype = np.dtype(config.dtype)
+        self.n_classes = int(n_classes)
+        order = np.argsort(val_labels, kind="stable")
+        self.sub_feats = np.ascontiguousarray(sub_feats, dtype=self.dtype)
+        self.sub_labels = np.ascontiguousarray(sub_labels, dtype=np.int64)
+        self.val_feats = np.ascontiguousarray(np.asarray(val_feats)[order], dtype=self.dtype)
+        self.val_labels = np.ascontiguousarray(np.asarray(val_labels)[order], dtype=np.int64)
+        self._check_labels()
+        self.blocks = self._val_blocks()
+        self._grams: dict[int, np.ndarray] = {}
+        if len(self.blocks) == 1:
+            self._grams[0] = self._gram(0)
+
+    def _check_labels(self) -> None:
+        for name, labels in (("training", self.sub_labels), ("validation", self.val_labels)):
+            if labels.size == 0:
+                raise TvcleanError(f"the Monte-Carlo subset has no {name} example")
+            if labels.min() < 0 or labels.max() >= self.n_classes:
+                raise TvcleanError(f"{name} labels must lie in 0..{self.n_classes - 1}")
+        missing = np.setdiff1d(np.arange(self.n_classes), self.val_labels)
+        if missing.size:
+            raise TvcleanError(f"class {int(missing[0])} has no validation example")
+        if self.sub_feats.shape[1] != self.val_feats.shape[1]:
+            raise TvcleanError(f"training features have {self.sub_feats.shape[1]} dimensions, "
+                               f"validation features {self.val_feats.shape[1]}")
+
+    @property
+    def n_sub(self) -> int:
+        return self.sub_feats.shape[0]
+
+    @property
+    def n_val(self) -> int:
+        return self.val_feats.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.sub_feats.shape[1]
+
+    def _val_blocks(self) -> list[tuple[int, int]]:
+        """Validation ranges whose Gram block fits the memory budget."""
+        budget = self.config.memory_budget_mb * 2**20
+        per_val_example = self.n_sub * self.dtype.itemsize
+        width = max(1, min(self.n_val, budget // per_val_example))
+        return [(lo, min(lo + width, self.n_val)) for lo in range(0, self.n_val, width)]
+
+    def _gram(self, block: int) -> np.ndarray:
+        lo, hi = self.blocks[block]
+        gram = self.sub_feats @ self.val_feats[lo:hi].T
+        gram += 1  # the bias is a constant feature
+        return gram
+
+    def gram(self, block: int) -> np.ndarray:
+        """Augmented Gram block (N, hi - lo); computed on demand when not kept."""
+        return self._grams[block] if block in self._grams else self._gram(block)
+
+    def block_bounds(self, block: int) -> np.ndarray:
+        lo, hi = self.blocks[block]
+        edges = np.searchsorted(self.val_labels, np.arange(self.n_classes + 1))
+        return (np.clip(edges, lo, hi) - lo).astype(np.int64)
+
+
+@dataclass
+class EpisodeStreams:
+    """The random draws of a block of episodes: initial weights and visiting orders."""
+
+    weights: list[np.ndarray]  # per layer, (E, out, in) float64
+    orders: np.ndarray  # (E, epochs, N) int64
+
+
+def episode_streams(problem: MonteCarloProblem, first: int, stop: int) -> EpisodeStreams:
+    """Draw episodes first..stop-1; episode e's draws depend only on (seed, e)."""
+    config = problem.config
+    shapes = [(problem.n_classes, problem.dim)]
+    if config.head == "mlp":
+        shapes = [(config.hidden, problem.dim), (problem.n_classes, config.hidden)]
+    layers = [np.empty((stop - first,) + shape) for shape in shapes]
+    orders = np.empty((stop - first, config.epochs, problem.n_sub), np.int64)
+    for slot, episode in enumerate(range(first, stop)):
+        rng = np.random.default_rng([config.seed, _EPISODE_STREAM, episode])
+        for layer, shape in zip(layers, shapes):
+            limit = np.sqrt(3.0 / shape[1])  # LeCun uniform
+            layer[slot] = rng.uniform(-limit, limit, size=shape)
+        for epoch in range(config.epochs):
+            orders[slot, epoch] = rng.permutation(problem.n_sub)
+    return EpisodeStreams(weights=layers, orders=orders)
+
+
+def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarray:
+    """Mean validation-loss drops (E, epochs, N) float64 of episodes first..stop-1."""
+    streams = episode_streams(problem, first, stop)
+    dtype = problem.dtype
+    weights = [np.ascontiguousarray(w, dtype=dtype) for w in streams.weights]
+    drops = np.zeros(streams.orders.shape)
+    part = np.empty_like(drops)
+    lr = float(problem.config.lr)
+    for block, (lo, hi) in enumerate(problem.blocks):
+        # Initial validation activations in float64 from the engine-precision weights.
+        val_t = problem.val_feats[lo:hi].T.astype(np.float64)
+        gram, bounds = problem.gram(block), problem.block_bounds(block)
+        if problem.config.head == "linear":
+            logits = _as(weights[0].astype(np.float64) @ val_t, dtype)
+            mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
+                                          weights[0], logits, streams.orders, lr, part)
+        else:
+            pre = _as(weights[0].astype(np.float64) @ val_t, dtype)
+            logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)
+            mc_kernels.mlp_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
+                                       weights[0], weights[1], pre, _as(logits, dtype),
+                                       streams.orders, lr, part)
+        drops += part
+    drops /= problem.n_val
+    return drops
+
+
+def _as(array: np.ndarray, dtype) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+class ValueAccumulator:
+    """Running sums of each subset example's loss drops, folded in episode order."""
+
+    def __init__(self, n_sub: int):
+        self.sums = np.zeros(n_sub)
+        self.sums_sq = np.zeros(n_sub)
+        self.count = np.zeros(n_sub, np.int64)
+        self.episodes = 0
+
+    def add(self, drops: np.ndarray) -> None:
+        """Fold drops (E, epochs, N) of the next E episodes."""
+        for episode in drops:
+            for epoch in episode:
+                self.sums += epoch
+                self.sums_sq += epoch * epoch
+                self.count += 1
+            self.episodes += 1
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sums / np.maximum(self.count, 1)
+
+    @property
+    def stderr(self) -> np.ndarray:
+        n = np.maximum(self.count, 1)
+        var = np.maximum(self.sums_sq - self.sums**2 / n, 0) / np.maximum(n - 1, 1)
+        err = np.sqrt(var / n)
+        return np.where(self.count > 1, err, np.nan)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums, "sums_sq": self.sums_sq, "count": self.count,
+                "episodes": np.array(self.episodes)}
+
+    @classmethod
+    def from_state(cls, state) -> "ValueAccumulator":
+        acc = cls(state["sums"].size)
+        acc.sums, acc.sums_sq = state["sums"].copy(), state["sums_sq"].copy()
+        acc.count, acc.episodes = state["count"].copy(), int(state["episodes"])
+        return acc
+
+
+def estimate_values(problem: MonteCarloProblem, acc: ValueAccumulator | None = None,
+                    block: int | None = None, on_block=None) -> ValueAccumulator:
+    """Run the problem's episodes, continuing from `acc` if given, and return the values.
+
+    block: episodes per kernel call (default: config.checkpoint_every);
+    on_block(accumulator) is called after each block (checkpoints, progress).
+    """
+    episodes = problem.config.episodes
+    block = block or problem.config.checkpoint_every
+    acc = acc or ValueAccumulator(problem.n_sub)
+    for first in range(acc.episodes, episodes, block):
+        acc.add(run_episodes(problem, first, min(first + block, episodes)))
+        if on_block is not None:
+            on_block(acc)
+    return acc
