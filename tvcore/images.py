@@ -1,0 +1,174 @@
+"""Robust image decoding and model preprocessing with Pillow.
+
+One call, `load_image`, turns a file into the model's input tensor (float32,
+CHW) or, for a file that cannot be used, a one-line error string: a bad image
+never raises, so one corrupt file cannot sink a run of a million.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
+
+# load_image applies its own pixel limit and reports oversize images per file;
+# Pillow's warning about the same images would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# Mean and standard deviation in pixel units (0..255), RGB order.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+TFLITE_MEAN = (127.0, 127.0, 127.0)  # the TensorFlow Lite models' (x - 127) / 128
+TFLITE_STD = (128.0, 128.0, 128.0)
+
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that makes the image upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input: resize, centre crop, normalise.
+
+    size: side of the square input (pixels). resize: the shorter side is scaled
+    to this before the centre crop of `size`. mean, std: per RGB channel in
+    pixel units (0..255); the input is (pixel - mean) / std.
+    """
+
+    size: int = 224
+    resize: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "resize": self.resize,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def load_image(path: str | Path, prep: Preprocess,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | str:
+    """Decode and preprocess one image file; never raises for a bad image.
+
+    path: the image file. prep: the model's preprocessing. max_pixels: images
+    with more pixels are rejected before decoding (decompression bombs).
+    Returns a (3, size, size) float32 array, or a one-line error string.
+    """
+    try:
+        with Image.open(path) as image:
+            return _prepare(image, prep, max_pixels)
+    except Exception as exc:  # any failure of one image is recorded, not raised
+        return _describe(path, exc)
+
+
+def _prepare(image: Image.Image, prep: Preprocess, max_pixels: int) -> np.ndarray | str:
+    width, height = image.size
+    if width * height > max_pixels:
+        return _too_large(width, height, max_pixels)
+    orientation = image.getexif().get(_ORIENTATION_TAG)
+    if image.format == "JPEG":
+        image.draft("RGB", _draft_size(width, height, prep.resize))
+    image = _to_rgb_or_l(image)
+    image = _resize_centre_crop(image, prep)
+    if orientation in _UPRIGHT:
+        # The centre crop is square and centred, so rotating it afterwards is
+        # the same as cropping the rotated image, and much cheaper.
+        image = image.transpose(_UPRIGHT[orientation])
+    return normalise(np.asarray(image), prep)
+
+
+def _draft_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """The smallest size JPEG draft mode may decode to: shorter side >= resize."""
+    scale = resize / min(width, height)
+    return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
+
+
+def _to_rgb_or_l(image: Image.Image) -> Image.Image:
+    """Convert any mode to 8-bit RGB, or L (grey stays one channel until normalise)."""
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own I;16 -> L conversion clips at 255 instead of scaling.
+        values = np.asarray(image).astype(np.float32) / 257.0
+        return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        return _flatten_on_white(image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _flatten_on_white(rgba: Image.Image) -> Image.Image:
+    """Composite transparent pixels onto white, as an image viewer shows them."""
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _resize_centre_crop(image: Image.Image, prep: Preprocess) -> Image.Image:
+    """Scale the shorter side to prep.resize and cut the centre prep.size square, in one resample."""
+    width, height = image.size
+    side = min(width, height) * prep.size / prep.resize
+    left, top = (width - side) / 2, (height - side) / 2
+    return image.resize((prep.size, prep.size), Image.Resampling.BILINEAR,
+                        box=(left, top, left + side, top + side))
+
+
+def normalise(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
+    """(pixel - mean) / std as float32 CHW.
+
+    pixels: (H, W, 3) or (H, W) uint8 (grey is repeated on the three channels).
+    Returns (3, H, W) float32.
+    """
+    scale = 1.0 / np.asarray(prep.std, dtype=np.float32)
+    offset = -np.asarray(prep.mean, dtype=np.float32) * scale
+    if pixels.ndim == 2:
+        pixels = pixels[None, :, :]
+    else:
+        pixels = pixels.transpose(2, 0, 1)
+    out = np.empty((3,) + pixels.shape[1:], dtype=np.float32)
+    np.multiply(pixels, scale[:, None, None], out=out)
+    out += offset[:, None, None]
+    return out
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> str:
+    return (f"image too large: {width}x{height} = {width * height} pixels "
+            f"> max_pixels {max_pixels} (possible decompression bomb)")
+
+
+def _describe(path: str | Path, exc: Exception) -> str:
+    """One line saying why an image could not be used."""
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"image too large: {str(exc).split(',')[0]} (possible decompression bomb)"
+    if isinstance(exc, UnidentifiedImageError):
+        if _is_empty(path):
+            return "empty file (0 bytes)"
+        return "not a readable image (corrupt or unsupported format)"
+    message = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {message}"
+
+
+def _is_empty(path: str | Path) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
