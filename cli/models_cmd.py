@@ -1,0 +1,74 @@
+"""`tvclean models list|export|fetch`: the feature-extractor models."""
+
+from __future__ import annotations
+
+import click
+
+from tvcore.modelzoo import cache_dir, fetch_model, list_models
+
+from .common import echo_json, info, user_errors
+
+
+@click.group("models")
+def models_group():
+    """List, export and fetch feature-extractor models.
+
+    Exported and fetched models live in the cache ($TVCLEAN_CACHE, default
+    ~/.cache/tvclean) and are used with `tvclean extract --model NAME`.
+    """
+
+
+@models_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@user_errors
+def list_command(as_json):
+    """List the known and cached models and whether each is available."""
+    rows = list_models()
+    if as_json:
+        echo_json(rows)
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['name']:<{width}}  {r['status']:<13}  {r['dim'] or '?':>5}-d  "
+                   f"{r['input_size']}px  {r['description']}")
+    info(f"cache: {cache_dir()}")
+
+
+@models_group.command("export")
+@click.argument("name", type=click.Choice(["efficientnet-lite0", "resnet50"]))
+@click.option("-o", "--output", "out", type=click.Path(),
+              help="Output .onnx file or folder.  [default: the cache]")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Local copy of the pretrained weights (checked by sha256); without it "
+                   "ResNet50's are downloaded from download.pytorch.org.")
+@click.option("--untrained", is_flag=True,
+              help="Export random weights (for tests), named NAME-untrained.")
+@user_errors
+def export_command(name, out, weights, untrained):
+    """Export NAME to ONNX from its pretrained torch weights (needs tvclean[torch]).
+
+    The export is checked against torch (max |difference| printed) and gets a
+    JSON of metadata with its sha256 next to it.
+    """
+    from tvcore.export import export_model
+    result = export_model(name, out=out, pretrained=not untrained, weights=weights)
+    diff = ", ".join(f"{k} {v:.2e}" for k, v in result.max_abs_diff.items())
+    click.echo(f"exported {result.path}\nsha256 {result.sha256}\nmax |onnx - torch|: {diff}")
+
+
+@models_group.command("fetch")
+@click.argument("name")
+@click.option("--url", help="Where the ONNX file is published (http, https or file).")
+@click.option("--sha256", "sha256", help="Expected sha256 of the file (64 hex digits).")
+@user_errors
+def fetch_command(name, url, sha256):
+    """Download a published ONNX model into the cache as NAME, verified by sha256.
+
+    A wrong checksum or an interrupted download is an error and leaves
+    nothing in the cache.
+    """
+    spec = fetch_model(name, url=url, sha256=sha256)
+    click.echo(f"fetched {spec.name} into {spec.path}\nsha256 {spec.sha256}")
+
+
+COMMANDS = [models_group]

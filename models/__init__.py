@@ -1,0 +1,1 @@
+"""The embedded ONNX feature extractor(s), installed as the `tvcore.models` package."""

