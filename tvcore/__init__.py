@@ -12,6 +12,7 @@ from .config import (  # noqa: E402
 )
 from .errors import TvcleanError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .features import extract  # noqa: E402
 from .rundir import RunDir  # noqa: E402
 
 __all__ = [

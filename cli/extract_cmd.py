@@ -1,0 +1,71 @@
+"""`tvclean extract TRAIN_DIR [VAL_DIR] -o RUN`: CNN features of every image."""
+
+from __future__ import annotations
+
+import click
+
+from tvcore.features import ExtractSummary, extract
+
+from .common import echo_json, user_errors
+from .options import build_config, config_file_option, split_options, stage_options
+
+EXTRACT_HELP = {
+    "model": "Feature extractor: a known model name (efficientnet-lite0, resnet50), "
+             "a model in the cache, or a path to an .onnx file.",
+    "batch_size": "Images per inference call.",
+    "threads": "onnxruntime threads (0 = all cores).",
+    "decode_workers": "Image-decoding threads (0 = one per core).",
+    "max_pixels": "Images with more pixels are skipped as decompression bombs.",
+}
+ERRORS_SHOWN = 5
+
+
+@click.command("extract")
+@click.argument("train", type=click.Path())
+@click.argument("val", type=click.Path(), required=False)
+@click.option("-o", "--output", "run", required=True, type=click.Path(file_okay=False),
+              help="Run directory; features are written to RUN/features.")
+@stage_options("extract", EXTRACT_HELP)
+@config_file_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@user_errors
+def extract_command(train, val, run, config_file, as_json, **options):
+    """Extract CNN features of the TRAIN and VAL images into RUN/features.
+
+    TRAIN and VAL are folders with one subfolder per class (nested folders
+    are included) or CSV manifests with columns path,label. VAL may be left
+    out when TRAIN holds train/ and val/ folders, or is a manifest with a
+    split column. Unreadable images are recorded and skipped; re-running
+    resumes an interrupted run and skips a finished one.
+    """
+    stage, _ = split_options(options)
+    config = build_config(config_file, stage)
+    summary = extract(train, val, run, config.extract)
+    if as_json:
+        echo_json(summary.to_dict())
+    else:
+        click.echo(describe(summary))
+
+
+def describe(summary: ExtractSummary) -> str:
+    """A few lines for the terminal: counts per split and the first failures."""
+    features = summary.run / "features"
+    if summary.up_to_date:
+        lines = [f"features in {features} are up to date; nothing to do"]
+    else:
+        lines = [f"extracted {summary.dim}-d features with {summary.model['name']} "
+                 f"({len(summary.classes)} classes) into {features}"]
+    for s in summary.splits.values():
+        skipped = ", ".join(f"{n} {why}" for why, n in sorted(s.skipped.items())) or "none"
+        rate = f", {s.images / s.seconds:.1f} images/s" if s.seconds > 0 and not summary.up_to_date else ""
+        lines.append(f"  {s.name}: {s.ok} images, {s.failed} failed, skipped files: {skipped}{rate}")
+    for s in summary.splits.values():
+        for path, error in s.errors[:ERRORS_SHOWN]:
+            lines.append(f"  failed ({s.name}): {path}: {error}")
+        if len(s.errors) > ERRORS_SHOWN:
+            lines.append(f"  ... {len(s.errors) - ERRORS_SHOWN} more in "
+                         f"{features / (s.name + '_index.csv')}")
+    return "\n".join(lines)
+
+
+COMMANDS = [extract_command]
