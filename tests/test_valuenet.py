@@ -10,7 +10,7 @@ import pytest
 from tvcore.config import ValueNetConfig
 from tvcore.errors import TvcleanError
 from tvcore.valuenet import (
-    BETA1, BETA2, EPSILON, ValueNet, adam_update, can_fit, dropout_mask, fit_valuenet,
+    BETA1, BETA2, EPSILON, MOMENT_FLUSH, ValueNet, adam_update, can_fit, dropout_mask, fit_valuenet,
     fit_valuenets, forward, glorot_uniform, load_valuenets, loss_and_grads, min_examples_needed,
     save_valuenets,
 )
@@ -89,6 +89,11 @@ def test_gradients_match_finite_differences(loss, use_mask):
     assert np.abs(pre).min() > 1e-3 and np.abs(pred - targets).min() > 1e-3
     value, grads = loss_and_grads(*params, X, targets, loss, mask)
     assert value == pytest.approx(naive_loss(params, X, targets, loss, mask), rel=1e-12)
+    out = tuple(np.full_like(p, np.nan) for p in params)
+    _, written = loss_and_grads(*params, X, targets, loss, mask, out=out)
+    for o, w, g in zip(out, written, grads):
+        assert w is o
+        np.testing.assert_array_equal(o, g)
     h = 1e-6
     for p, g in zip(params, grads):
         assert g.shape == p.shape
@@ -117,8 +122,7 @@ def test_adam_matches_hand_written_reference(dtype, rtol, atol):
     grads = [rng.standard_normal(50) * s for s in (1.0, 0.1, 3.0)]
     params, m, v = start.astype(dtype), np.zeros(50, dtype), np.zeros(50, dtype)
     for step, g in enumerate(grads, start=1):
-        adam_update(params, g.astype(dtype), m, v, 0.01, step, BETA1, BETA2, EPSILON,
-                    np.finfo(dtype).tiny)
+        adam_update(params, g.astype(dtype), m, v, 0.01, step, BETA1, BETA2, EPSILON, MOMENT_FLUSH)
     ref_w, ref_m, ref_v = naive_adam(start, grads, 0.01)
     np.testing.assert_allclose(params, ref_w, rtol=rtol, atol=atol)  # atol: the weights are O(1)
     np.testing.assert_allclose(m, ref_m, rtol=rtol)
@@ -126,14 +130,16 @@ def test_adam_matches_hand_written_reference(dtype, rtol, atol):
     assert not np.allclose(params, start, rtol=1e-3)  # the steps did move the weights
 
 
-def test_adam_flushes_subnormal_moments_to_zero():
-    tiny = np.finfo(np.float32).tiny
+def test_adam_flushes_negligible_moments_to_zero():
+    f = MOMENT_FLUSH
     params = np.ones(3, np.float32)
-    m = np.array([tiny * 1.05, tiny * 3, 1.0], np.float32)
-    v = np.array([1.0, 1.0, tiny * 1.0005], np.float32)
-    adam_update(params, np.zeros(3, np.float32), m, v, 1e-3, 5, BETA1, BETA2, EPSILON, tiny)
-    np.testing.assert_array_equal(m, np.float32([0, np.float32(0.9) * np.float32(tiny * 3), 0.9]))
+    m = np.array([f * 1.05, f * 3, 1.0], np.float32)
+    v = np.array([1.0, 1.0, f * 1.0005], np.float32)
+    adam_update(params, np.zeros(3, np.float32), m, v, 1e-3, 5, BETA1, BETA2, EPSILON, f)
+    np.testing.assert_array_equal(m, [0, np.float32(0.9) * np.float32(f * 3), np.float32(0.9)])
     assert v[2] == 0 and v[0] == pytest.approx(0.999)
+    # what the flush drops could never have moved a float32 weight of 1e-6 or more
+    assert 1e-3 * f / EPSILON < np.spacing(np.float32(1e-6)) * 1e-10
 
 
 def test_dropout_mask_is_inverted_dropout():

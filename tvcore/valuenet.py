@@ -29,6 +29,10 @@ from .rundir import atomic_save_npz, atomic_write_json, read_json
 
 DTYPE = np.float32
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults
+# Adam moments below this are set to zero. They move a weight by < lr * 1e-30 / EPSILON
+# (1e-26), far below float32 resolution, and would otherwise decay through subnormal
+# numbers, whose arithmetic is 10-30x slower (TensorFlow flushes those to zero too).
+MOMENT_FLUSH = 1e-30
 PREDICT_ROWS = 8192  # rows per predict chunk: bounds memory for memory-mapped X
 META_FILE = "meta.json"
 NET_FILE = "class_{}.npz"
@@ -150,10 +154,11 @@ def forward(w1, b1, w2, b2, X, mask=None):
     return pre, hidden, (hidden @ w2)[:, 0] + b2[0]
 
 
-def loss_and_grads(w1, b1, w2, b2, X, targets, loss, mask=None):
+def loss_and_grads(w1, b1, w2, b2, X, targets, loss, mask=None, out=None):
     """Mean loss over the batch and its gradients (g_w1, g_b1, g_w2, g_b2).
 
-    X: (b, D); targets: (b,); loss: "mae" or "mse"; mask: (b, H) or None.
+    X: (b, D); targets: (b,); loss: "mae" or "mse"; mask: (b, H) or None;
+    out: arrays shaped like (w1, b1, w2, b2) to write the gradients into, or None.
     """
     pre, hidden, pred = forward(w1, b1, w2, b2, X, mask)
     err = pred - targets
@@ -166,7 +171,9 @@ def loss_and_grads(w1, b1, w2, b2, X, targets, loss, mask=None):
     if mask is not None:
         d_pre *= mask
     d_pre *= pre > 0
-    return float(value), (X.T @ d_pre, d_pre.sum(0), hidden.T @ d_pred, d_pred.sum(0))
+    g_w1, g_b1, g_w2, g_b2 = out if out is not None else (None,) * 4
+    return float(value), (np.matmul(X.T, d_pre, out=g_w1), d_pre.sum(0, out=g_b1),
+                          np.matmul(hidden.T, d_pred, out=g_w2), d_pred.sum(0, out=g_b2))
 
 
 def batch_loss(w1, b1, w2, b2, X, targets, loss) -> float:
@@ -176,14 +183,13 @@ def batch_loss(w1, b1, w2, b2, X, targets, loss) -> float:
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adam_update(params, grads, m, v, lr, step, beta1, beta2, eps, tiny):
+def adam_update(params, grads, m, v, lr, step, beta1, beta2, eps, flush):
     """One Keras Adam step in place. params, grads, m, v: (P,); step: 1-based.
 
-    Moments below `tiny` are flushed to zero, as TensorFlow's CPU kernels do:
-    the first moment of a dead unit decays into subnormals, which are ~10x slower.
+    Moments below `flush` in magnitude are set to zero (see MOMENT_FLUSH).
     """
     alpha = lr * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
-    a, e, t = params.dtype.type(alpha), params.dtype.type(eps), params.dtype.type(tiny)
+    a, e, t = params.dtype.type(alpha), params.dtype.type(eps), params.dtype.type(flush)
     b1, b2 = params.dtype.type(beta1), params.dtype.type(beta2)
     # Three simple loops vectorize (sqrt and divide included); one fused loop does not.
     for i in range(params.size):
@@ -265,12 +271,11 @@ class _Trainer:
 
     def _batch(self, X, y) -> float:
         mask = dropout_mask(self.rng, (len(y), self.config.hidden), self.config.dropout)
-        value, grads = loss_and_grads(*self._weights(), X, y, self.config.loss, mask)
-        for view, grad in zip(_views(self.grads, self.dim, self.config.hidden), grads):
-            view[:] = grad
+        value, _ = loss_and_grads(*self._weights(), X, y, self.config.loss, mask,
+                       out=_views(self.grads, self.dim, self.config.hidden))
         self.step += 1
         adam_update(self.params, self.grads, self.m, self.v, self.config.lr, self.step,
-                    BETA1, BETA2, EPSILON, np.finfo(DTYPE).tiny)
+                    BETA1, BETA2, EPSILON, MOMENT_FLUSH)
         return value
 
 
