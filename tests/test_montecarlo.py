@@ -95,7 +95,7 @@ def test_memory_budget_splits_the_gram_matrix():
     problem, *_ = _problem(rng, (2000, 2000), (300, 300), 4, memory_budget_mb=4)
     # 4000 examples x 4 bytes = 16 000 bytes per validation column: 262 columns fit in 4 MiB.
     assert [hi - lo for lo, hi in problem.blocks] == [262, 262, 76]
-    assert all(problem.gram(b).shape == (4000, hi - lo)
+    assert all(problem.gram(b)[0].shape == (4000, hi - lo)
                for b, (lo, hi) in enumerate(problem.blocks))
 
 

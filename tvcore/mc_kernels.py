@@ -24,22 +24,24 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .vmath import vexpm1, vlog1p
+from .vmath import SMALL_ARGUMENT, vexpm1, vexpm1_small, vlog1p
 
 # Loops holding vexpm1/vlog1p must not get `reassoc` (it would undo their
 # rounding tricks); `contract` (FMA) only makes them more accurate.
 _FLAGS = {"contract"}
 # Reductions need reassociation to vectorize; kept to small leaf functions.
 _SUM_FLAGS = {"contract", "reassoc", "nsz"}
+_LANES = 16  # logs left to take after multiplying the factors (1 + s_m) pairwise
 _TILE = 256  # validation examples per tile: the tile's buffers stay in L1/L2
 _BIG = 2.0 ** 40  # rescale a validation row's exponentials outside this range
 _SMALL = 2.0 ** -40
+_SMALL_ARGUMENT = 0.999 * SMALL_ARGUMENT  # margin for the rounding of gram_row * step
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
 def _dot(a, b):
     """Dot product of two 1-D arrays of the same dtype, in that dtype."""
-    acc = a[0] * 0
+    acc = a.dtype.type(0)
     for i in range(a.shape[0]):
         acc += a[i] * b[i]
     return acc
@@ -99,17 +101,60 @@ def _rescale_rows(exps, sums):
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _finish_tile(sums, m0, width, acc, log_terms):
-    """Fold acc (sum_k E_km expm1(u_km)) into the row sums; return sum_m log1p(s_m)."""
-    sums_tile = sums[m0:m0 + width]
-    for m in range(width):
-        log_terms[m] = vlog1p(acc[m] / sums_tile[m])
-        sums_tile[m] += acc[m]
-    return _sum64(log_terms, 0, width)
+def _sum_log1p_exact(ratios):
+    """sum_m log1p(ratios[m]) in float64, one log1p per element."""
+    total = 0.0
+    for m in range(ratios.shape[0]):
+        total += vlog1p(np.float64(ratios[m]))
+    return total
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, log_terms):
+def _sum_log_of_product(factors, n):
+    """sum_m log(factors[m]) for m < n, as logs of a pairwise product tree (destroys factors).
+
+    Multiplying pairs level by level is plain vector work with no dependency
+    chains, and leaves at most 16 logs to take. Returns NaN when a partial
+    product leaves the float64 range (the caller then sums one log per element).
+    """
+    while n > _LANES:
+        half = (n + 1) // 2
+        for i in range(n - half):
+            factors[i] *= factors[half + i]
+        n = half
+    total = 0.0
+    for i in range(n):
+        if not (1e-300 < factors[i] < 1e300):
+            return np.nan
+        total += vlog1p(factors[i] - 1.0)
+    return total
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _finish_tile(sums, m0, width, acc, ratios, factors):
+    """Fold acc (sum_k E_km expm1(u_km)) into the row sums; return sum_m log1p(s_m).
+
+    s_m = acc_m / sums_m is the relative growth of validation example m's softmax
+    normaliser. In float32, 1 + s_m is exact in float64, so the logs can be
+    taken of factors (16 logs instead of `width`) at no loss; in float64
+    every log1p is taken.
+    """
+    sums_tile = sums[m0:m0 + width]
+    for m in range(width):
+        ratio = acc[m] / sums_tile[m]
+        ratios[m] = ratio
+        factors[m] = 1.0 + np.float64(ratio)
+        sums_tile[m] += acc[m]
+    total = np.nan
+    if ratios.itemsize == 4:
+        total = _sum_log_of_product(factors, width)
+    if np.isnan(total):
+        total = _sum_log1p_exact(ratios[:width])
+    return total
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, ratios, factors):
     """Apply logit change `change[:, :width]` to validation examples m0..m0+width.
 
     Updates exps/sums in place and returns the summed loss drop of the tile,
@@ -125,7 +170,7 @@ def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, log_term
             q = exps_k[m] * vexpm1(change_k[m])
             acc[m] += q
             exps_k[m] += q
-    drop = -_finish_tile(sums, m0, width, acc, log_terms)
+    drop = -_finish_tile(sums, m0, width, acc, ratios, factors)
     for k in range(exps.shape[0]):
         lo = min(max(val_bounds[k] - m0, 0), width)
         hi = min(max(val_bounds[k + 1] - m0, 0), width)
@@ -134,7 +179,26 @@ def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, log_term
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _apply_rank1_change(exps, sums, gram_row, step, val_bounds, acc, log_terms):
+def _scale_exps(exps_k, gram_row, ak, acc, small):
+    """exps_k *= exp(gram_row * ak), adding the increments to acc.
+
+    small: |gram_row * ak| <= ln2/2 everywhere, so expm1 needs no range reduction.
+    """
+    if small:
+        for m in range(exps_k.shape[0]):
+            q = exps_k[m] * vexpm1_small(gram_row[m] * ak)
+            acc[m] += q
+            exps_k[m] += q
+    else:
+        for m in range(exps_k.shape[0]):
+            q = exps_k[m] * vexpm1(gram_row[m] * ak)
+            acc[m] += q
+            exps_k[m] += q
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _apply_rank1_change(exps, sums, gram_row, gram_row_absmax, step, val_bounds, acc,
+                        ratios, factors):
     """As _apply_logit_change for the linear head's change u_km = gram_row[m] * step[k].
 
     The change is formed on the fly: no (K, M) buffer is written and read back.
@@ -144,13 +208,9 @@ def _apply_rank1_change(exps, sums, gram_row, step, val_bounds, acc, log_terms):
     for m in range(n_val):
         acc[m] = zero
     for k in range(exps.shape[0]):
-        exps_k = exps[k]
-        ak = step[k]
-        for m in range(n_val):
-            q = exps_k[m] * vexpm1(gram_row[m] * ak)
-            acc[m] += q
-            exps_k[m] += q
-    drop = -_finish_tile(sums, 0, n_val, acc, log_terms)
+        small = abs(step[k]) * gram_row_absmax <= _SMALL_ARGUMENT
+        _scale_exps(exps[k], gram_row, step[k], acc, small)
+    drop = -_finish_tile(sums, 0, n_val, acc, ratios, factors)
     for k in range(exps.shape[0]):
         drop += np.float64(step[k]) * _sum64(gram_row, val_bounds[k], val_bounds[k + 1])
     return drop
@@ -162,7 +222,7 @@ def _apply_rank1_change(exps, sums, gram_row, step, val_bounds, acc, log_terms):
 @njit(fastmath=_SUM_FLAGS, cache=True)
 def _axpy_dot(row, a, x, x_next):
     """row += a * x, then return row · x_next (one pass over row)."""
-    acc = row[0] * 0
+    acc = row.dtype.type(0)
     for d in range(row.shape[0]):
         value = row[d] + a * x[d]
         row[d] = value
@@ -182,8 +242,8 @@ def _linear_step_and_forward(weights, bias, x, step, x_next, logits):
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights,
-                    init_val_logits, order, lr, out):
+def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+                    init_weights, init_val_logits, order, lr, out):
     n_classes, n_val = init_val_logits.shape
     dtype = sub_feats.dtype
     weights = init_weights.copy()
@@ -194,7 +254,8 @@ def _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weight
     logits = np.empty(n_classes, dtype)
     step = np.zeros(n_classes, dtype)
     acc = np.empty(n_val, dtype)
-    log_terms = np.empty(n_val, dtype)
+    ratios = np.empty(n_val, dtype)
+    factors = np.empty(ratios.shape[0], np.float64)
     n_sub = order.shape[1]
     visits = order.ravel()
     first = sub_feats[visits[0]]
@@ -203,19 +264,20 @@ def _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weight
     for t in range(visits.shape[0]):
         i = visits[t]
         _softmax_grad(logits, sub_labels[i], lr, step)
-        out[t // n_sub, i] = _apply_rank1_change(exps, sums, gram_sub_val[i], step, val_bounds,
-                                                 acc, log_terms)
+        out[t // n_sub, i] = _apply_rank1_change(exps, sums, gram_sub_val[i], gram_absmax[i],
+                                                 step, val_bounds, acc, ratios, factors)
         _rescale_rows(exps, sums)
         following = visits[min(t + 1, visits.shape[0] - 1)]
         _linear_step_and_forward(weights, bias, sub_feats[i], step, sub_feats[following], logits)
 
 
 @njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
-def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights,
-                       init_val_logits, orders, lr, out):
+def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+                       init_weights, init_val_logits, orders, lr, out):
     """Summed validation-loss drops of every SGD step of a block of episodes, linear head.
 
     sub_feats (N, D), sub_labels (N,) int64, gram_sub_val (N, M) = X_sub X_valᵀ + 1,
+    gram_absmax (N,) = max |gram_sub_val| per row (selects the cheap expm1 path),
     val_bounds (K+1,) int64 class ranges of the validation examples,
     init_weights (E, K, D), init_val_logits (E, K, M) = W0 X_valᵀ,
     orders (E, epochs, N) int64 visiting order, lr float.
@@ -224,8 +286,8 @@ def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_wei
     Divide by the total number of validation examples for the mean drop.
     """
     for e in prange(init_weights.shape[0]):
-        _linear_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_weights[e],
-                        init_val_logits[e], orders[e], lr, out[e])
+        _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+                        init_weights[e], init_val_logits[e], orders[e], lr, out[e])
 
 
 # ---------------------------------------------------------------- MLP head
@@ -329,7 +391,8 @@ def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_
     relu_dot = np.empty(_TILE, dtype)
     change = np.empty((n_classes, _TILE), dtype)
     acc = np.empty(_TILE, dtype)
-    log_terms = np.empty(_TILE, dtype)
+    ratios = np.empty(_TILE, dtype)
+    factors = np.empty(ratios.shape[0], np.float64)
     for epoch in range(order.shape[0]):
         for t in range(order.shape[1]):
             i = order[epoch, t]
@@ -348,7 +411,7 @@ def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_
                 _mlp_tile_change(val_pre, gram_sub_val[i], w2, hidden, step, hidden_step,
                                  active, n_active, m0, width, relu_change, relu_dot, change)
                 drop += _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc,
-                                            log_terms)
+                                            ratios, factors)
             _rescale_rows(exps, sums)
             _mlp_update(w1, b1, w2, b2, x, hidden, step, hidden_step)
             out[epoch, i] = drop

@@ -102,7 +102,7 @@ class MonteCarloProblem:
         self.val_labels = np.ascontiguousarray(np.asarray(val_labels)[order], dtype=np.int64)
         self._check_labels()
         self.blocks = self._val_blocks()
-        self._grams: dict[int, np.ndarray] = {}
+        self._grams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if len(self.blocks) == 1:
             self._grams[0] = self._gram(0)
 
@@ -138,14 +138,17 @@ class MonteCarloProblem:
         width = max(1, min(self.n_val, budget // per_val_example))
         return [(lo, min(lo + width, self.n_val)) for lo in range(0, self.n_val, width)]
 
-    def _gram(self, block: int) -> np.ndarray:
+    def _gram(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.blocks[block]
         gram = self.sub_feats @ self.val_feats[lo:hi].T
         gram += 1  # the bias is a constant feature
-        return gram
+        return gram, np.abs(gram).max(axis=1)
 
-    def gram(self, block: int) -> np.ndarray:
-        """Augmented Gram block (N, hi - lo); computed on demand when not kept."""
+    def gram(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Augmented Gram block (N, hi - lo) and its row-wise max |value| (N,).
+
+        Kept when the whole matrix fits the budget, else computed on demand.
+        """
         return self._grams[block] if block in self._grams else self._gram(block)
 
     def block_bounds(self, block: int) -> np.ndarray:
@@ -191,11 +194,11 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
     for block, (lo, hi) in enumerate(problem.blocks):
         # Initial validation activations in float64 from the engine-precision weights.
         val_t = problem.val_feats[lo:hi].T.astype(np.float64)
-        gram, bounds = problem.gram(block), problem.block_bounds(block)
+        (gram, absmax), bounds = problem.gram(block), problem.block_bounds(block)
         if problem.config.head == "linear":
             logits = _as(weights[0].astype(np.float64) @ val_t, dtype)
-            mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
-                                          weights[0], logits, streams.orders, lr, part)
+            mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, absmax,
+                                          bounds, weights[0], logits, streams.orders, lr, part)
         else:
             pre = _as(weights[0].astype(np.float64) @ val_t, dtype)
             logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)

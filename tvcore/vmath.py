@@ -55,18 +55,23 @@ _ROUND_32 = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
 
 
 @njit(inline="always")
-def _expm1_f32(x):
-    x = min(max(x, _F32(-87.0)), _F32(88.0))
-    n = (x * _INV_LN2_32 + _ROUND_32) - _ROUND_32
-    r = (x - n * _LN2_HI_32) - n * _LN2_LO_32
-    # expm1(r) for |r| <= ln2/2: Taylor to degree 7 (truncation < 1 ulp).
+def _expm1_small_f32(r):
+    """expm1(r) for |r| <= ln2/2: Taylor to degree 7 (truncation < 1 ulp)."""
     p = _F32(1.0 / 5040.0)
     p = p * r + _F32(1.0 / 720.0)
     p = p * r + _F32(1.0 / 120.0)
     p = p * r + _F32(1.0 / 24.0)
     p = p * r + _F32(1.0 / 6.0)
     p = p * r + _F32(0.5)
-    em1_r = r + r * r * p
+    return r + r * r * p
+
+
+@njit(inline="always")
+def _expm1_f32(x):
+    x = min(max(x, _F32(-87.0)), _F32(88.0))
+    n = (x * _INV_LN2_32 + _ROUND_32) - _ROUND_32
+    r = (x - n * _LN2_HI_32) - n * _LN2_LO_32
+    em1_r = _expm1_small_f32(r)
     scale = _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
     # 2^n * (expm1(r) + 1) - 1, arranged to avoid cancellation.
     return scale * em1_r + (scale - _F32(1.0))
@@ -106,11 +111,8 @@ _ROUND_64 = 6755399441055744.0  # 1.5 * 2**52
 
 
 @njit(inline="always")
-def _expm1_f64(x):
-    x = min(max(x, -708.0), 709.0)
-    n = (x * _INV_LN2_64 + _ROUND_64) - _ROUND_64
-    r = (x - n * _LN2_HI_64) - n * _LN2_LO_64
-    # expm1(r) for |r| <= ln2/2: Taylor to degree 13 (truncation < 1 ulp).
+def _expm1_small_f64(r):
+    """expm1(r) for |r| <= ln2/2: Taylor to degree 13 (truncation < 1 ulp)."""
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -123,7 +125,15 @@ def _expm1_f64(x):
     p = p * r + 1.0 / 24.0
     p = p * r + 1.0 / 6.0
     p = p * r + 0.5
-    em1_r = r + r * r * p
+    return r + r * r * p
+
+
+@njit(inline="always")
+def _expm1_f64(x):
+    x = min(max(x, -708.0), 709.0)
+    n = (x * _INV_LN2_64 + _ROUND_64) - _ROUND_64
+    r = (x - n * _LN2_HI_64) - n * _LN2_LO_64
+    em1_r = _expm1_small_f64(r)
     scale = _f64_from_bits((np.int64(n) + np.int64(1023)) << np.int64(52))
     return scale * em1_r + (scale - 1.0)
 
@@ -167,6 +177,14 @@ def vexpm1(x):
     return math.expm1(x)
 
 
+def vexpm1_small(x):
+    """exp(x) - 1 for |x| <= SMALL_ARGUMENT only (no range reduction: about half the work)."""
+    return math.expm1(x)
+
+
+SMALL_ARGUMENT = 0.34657359027997264  # ln(2) / 2
+
+
 def vlog1p(x):
     """log(1 + x), accurate for small x; vectorizable in numba loops."""
     return math.log1p(x)
@@ -178,6 +196,15 @@ def _vexpm1_overload(x):
         return lambda x: _expm1_f32(x)
     if x == types.float64:
         return lambda x: _expm1_f64(x)
+    return None
+
+
+@overload(vexpm1_small, inline="always")
+def _vexpm1_small_overload(x):
+    if x == types.float32:
+        return lambda x: _expm1_small_f32(x)
+    if x == types.float64:
+        return lambda x: _expm1_small_f64(x)
     return None
 
 
