@@ -40,7 +40,7 @@ def estimate_command(run, config_file, as_json, **options):
     interrupted run resumes from its last checkpoint with identical results.
     """
     stage, _ = split_options(options)
-    config = build_config(config_file, stage)
+    config = build_config(config_file, stage, run)
     result = estimate(run, config)
     for warning in result.warnings:
         info(f"warning: {warning}")

@@ -22,7 +22,7 @@ def cli() -> None:
 
 
 # Each module defines COMMANDS, a list of click commands or groups.
-COMMAND_MODULES: list[str] = ["estimate_cmd", "evaluate_cmd", "extract_cmd", "models_cmd"]
+COMMAND_MODULES: list[str] = ["estimate_cmd", "evaluate_cmd", "extract_cmd", "filter_cmd", "models_cmd"]
 
 
 def _register() -> None:

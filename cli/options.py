@@ -8,6 +8,7 @@ shows the dataclass default.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -53,12 +54,23 @@ def stage_options(section: str, helps: dict[str, str],
 config_file_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="TOML file with [extract], [estimate], [valuenet], [filter], [report] tables; "
-         "options given on the command line override it.")
+         "options given on the command line override it. Default: the run directory's "
+         "config.toml, if there is one.")
 
 
-def build_config(config_file: str | None, options: dict[str, Any]) -> Config:
-    """Config from the TOML file (if any) overridden by the options that were given."""
-    config = Config.from_toml(config_file) if config_file else Config()
+def build_config(config_file: str | None, options: dict[str, Any],
+                 run: str | None = None) -> Config:
+    """Config from the TOML file, overridden by the options that were given.
+
+    Without --config, a run directory's own config.toml (the settings its
+    stages last ran with) is the base, so re-running one stage keeps them.
+    """
+    if config_file:
+        config = Config.from_toml(config_file)
+    elif run and (Path(run) / "config.toml").exists():
+        config = Config.from_toml(Path(run) / "config.toml")
+    else:
+        config = Config()
     by_section: dict[str, dict[str, Any]] = {}
     for param, value in options.items():
         if "__" not in param or value is None:

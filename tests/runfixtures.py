@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from tvcore.rundir import RunDir, atomic_save_npy, atomic_write_csv, atomic_write_json
 
 
-def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, root="/data"):
+def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, root="/data",
+                write_files=False):
     features = np.asarray(features, np.float32)
     ok = np.ones(len(labels), bool) if ok is None else np.asarray(ok)
     features = np.where(ok[:, None], features, 0).astype(np.float32)
@@ -17,6 +19,9 @@ def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, 
     rows = []
     for i, (label, good) in enumerate(zip(labels, ok)):
         path = f"{root}/{name}/{class_names[label]}/img{i:05d}.png"
+        if write_files:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (4, 4), color=i % 256).save(path)
         rows.append((path, int(label), class_names[label], "ok" if good else "error",
                      "" if good else "cannot identify image file"))
     atomic_write_csv(run.features / f"{name}_index.csv",
@@ -24,17 +29,23 @@ def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, 
 
 
 def make_feature_run(root: Path, train_features, train_labels, val_features, val_labels,
-                     class_names=None, train_ok=None) -> RunDir:
-    """A run directory holding RUN/features as `tvclean extract` writes it."""
+                     class_names=None, train_ok=None, data_root=None) -> RunDir:
+    """A run directory holding RUN/features as `tvclean extract` writes it.
+
+    data_root: if given, tiny PNG files are written there at the indexed paths
+    (DATA/train/<class>/imgNNNNN.png), as real inputs for the filter stage.
+    """
     n_classes = int(max(np.max(train_labels), np.max(val_labels))) + 1
     class_names = class_names or [f"class{k}" for k in range(n_classes)]
     run = RunDir(root)
-    write_split(run, "train", train_features, train_labels, class_names, train_ok)
-    write_split(run, "val", val_features, val_labels, class_names)
-    atomic_write_json(run.features / "meta.json", {
-        "classes": class_names, "dim": int(np.shape(train_features)[1]),
-        "model": {"name": "synthetic", "sha256": "", "preprocessing": {}},
-    })
+    files = dict(root=str(data_root), write_files=True) if data_root else {}
+    write_split(run, "train", train_features, train_labels, class_names, train_ok, **files)
+    write_split(run, "val", val_features, val_labels, class_names, **files)
+    meta = {"classes": class_names, "dim": int(np.shape(train_features)[1]),
+            "model": {"name": "synthetic", "sha256": "", "preprocessing": {}}}
+    if data_root:
+        meta.update(train_root=str(Path(data_root) / "train"), val_root=str(Path(data_root) / "val"))
+    atomic_write_json(run.features / "meta.json", meta)
     return run
 
 

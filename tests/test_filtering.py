@@ -1,0 +1,168 @@
+"""The `filter` stage: value nets, decisions, training_values.csv and the split data set."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from runfixtures import clustered_features, make_feature_run
+from tvclean.main import cli
+from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
+from tvcore.errors import TvcleanError
+from tvcore.estimate import estimate
+from tvcore.filtering import filter_run, load_training_values
+from tvcore.splitdata import check_outside_inputs, relative_name
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def estimated_run(tmp_path):
+    rng = np.random.default_rng(0)
+    train, labels, flipped = clustered_features(rng, 100, 3, 16, noise=0.7, flip=0.2)
+    val, val_labels, _ = clustered_features(np.random.default_rng(0), 10, 3, 16, noise=0.7)
+    ok = np.ones(labels.size, bool)
+    ok[7] = False
+    run = make_feature_run(tmp_path / "run", train, labels, val, val_labels,
+                           ["cat", "dog", "eel"], train_ok=ok, data_root=tmp_path / "data")
+    estimate(run, EstimateConfig(episodes=10, lr=0.005), progress=False)
+    run.flipped = flipped
+    return run
+
+
+def _config(**filter_options):
+    return Config(filter=FilterConfig(**filter_options),
+                  valuenet=ValueNetConfig(min_examples=10, max_epochs=30))
+
+
+def test_filter_writes_values_decisions_and_copies(estimated_run, tmp_path):
+    before = _digest(tmp_path / "data")
+    result = filter_run(estimated_run, _config(), progress=False)
+    assert result.counts["error"] == 1 and result.decisions[7] == "error"
+    assert result.counts["clean"] + result.counts["dirty"] == 299
+    rows = load_training_values(estimated_run)
+    assert len(rows) == 300 and rows[7]["decision"] == "error" and rows[7]["predicted_value"] == ""
+    for row, value, decision in zip(rows, result.values, result.decisions):
+        assert row["decision"] == decision
+        if decision != "error":
+            assert float(row["predicted_value"]) == value
+            assert (value < 0) == (decision == "dirty")
+    in_subset = [r for r in rows if r["mc_count"]]
+    assert len(in_subset) == 299 and all(int(r["mc_count"]) == 10 for r in in_subset)
+    clean = sorted(p.name for p in (estimated_run.root / "clean").rglob("*.png"))
+    dirty = sorted(p.name for p in (estimated_run.root / "dirty").rglob("*.png"))
+    assert len(clean) == result.counts["clean"] and len(dirty) == result.counts["dirty"]
+    first_dirty = next(i for i, d in enumerate(result.decisions) if d == "dirty")
+    name = Path(rows[first_dirty]["path"]).name
+    klass = rows[first_dirty]["class_name"]
+    assert (estimated_run.root / "dirty" / klass / name).read_bytes() == \
+        Path(rows[first_dirty]["path"]).read_bytes()
+    assert _digest(tmp_path / "data") == before  # inputs untouched
+
+
+def test_filter_finds_mislabeled_images(estimated_run):
+    result = filter_run(estimated_run, _config(output="none"), progress=False)
+    dirty = np.array([d == "dirty" for d in result.decisions])
+    flipped = estimated_run.flipped
+    assert dirty[flipped].mean() > 0.6  # most flipped images are discarded
+    assert dirty[~flipped].mean() < 0.3
+
+
+def test_suggested_label_is_another_class(estimated_run):
+    filter_run(estimated_run, _config(output="none"), progress=False)
+    rows = load_training_values(estimated_run)
+    suggested = [r for r in rows if r["suggested_label"]]
+    assert suggested and all(r["decision"] == "dirty" for r in suggested)
+    assert all(r["suggested_label"] != r["class_name"] for r in suggested)
+    flipped_rows = [r for r, f in zip(rows, estimated_run.flipped) if f and r["suggested_label"]]
+    assert flipped_rows
+
+
+@pytest.mark.parametrize("mode", ["hardlink", "symlink"])
+def test_link_modes(estimated_run, mode):
+    filter_run(estimated_run, _config(output=mode), progress=False)
+    placed = [p for p in (estimated_run.root / "clean").rglob("*.png")]
+    assert placed
+    rows = {Path(r["path"]).name: r["path"] for r in load_training_values(estimated_run)}
+    for p in placed:
+        if mode == "symlink":
+            assert p.is_symlink() and os.readlink(p) == rows[p.name]
+        else:
+            assert os.path.samefile(p, rows[p.name])
+
+
+def test_output_none_removes_earlier_split_and_threshold_moves_decisions(estimated_run):
+    filter_run(estimated_run, _config(), progress=False)
+    assert (estimated_run.root / "clean").is_dir()
+    low = filter_run(estimated_run, _config(output="none", threshold=-1e9), progress=False)
+    assert not (estimated_run.root / "clean").exists()
+    assert low.counts["dirty"] == 0
+    high = filter_run(estimated_run, _config(output="none", threshold=1e9), progress=False)
+    assert high.counts["clean"] == 0
+
+
+def test_prefix_values_in_file_names(estimated_run):
+    result = filter_run(estimated_run, _config(prefix_values=True), progress=False)
+    names = [p.name for p in (estimated_run.root / "dirty").rglob("*.png")]
+    assert len(names) == result.counts["dirty"]
+    assert all(n.split("_", 1)[0].startswith("-") for n in names)
+
+
+def test_value_nets_are_reused_when_up_to_date(estimated_run):
+    filter_run(estimated_run, _config(output="none"), progress=False)
+    stamp = (estimated_run.valuenets / "class_0.npz").stat().st_mtime_ns
+    filter_run(estimated_run, _config(output="none", threshold=0.001), progress=False)
+    assert (estimated_run.valuenets / "class_0.npz").stat().st_mtime_ns == stamp
+
+
+def test_class_with_too_few_estimates_falls_back(estimated_run):
+    config = _config(output="none")
+    config.valuenet.min_examples = 1000  # more than any class has
+    result = filter_run(estimated_run, config, progress=False)
+    assert any("too few Monte-Carlo estimates" in w for w in result.warnings)
+    rows = load_training_values(estimated_run)
+    for row in rows:
+        if row["mc_value"]:
+            assert float(row["predicted_value"]) == float(row["mc_value"])
+
+
+def test_run_inside_input_directory_is_refused(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    with pytest.raises(TvcleanError, match="inside the input directory"):
+        check_outside_inputs(tmp_path / "data" / "train" / "run", [tmp_path / "data" / "train"])
+    check_outside_inputs(tmp_path / "run", [tmp_path / "data" / "train"])
+
+
+def test_relative_names_keep_nested_folders():
+    assert relative_name("/d/train/cat/sub/x.png", "cat", ["/d/train"]) == Path("sub/x.png")
+    assert relative_name("/d/train/cat/x.png", "cat", ["/d/train"]) == Path("x.png")
+    assert relative_name("/elsewhere/y.png", "cat", ["/d/train"]) == Path("y.png")
+    assert relative_name("/d/imgs/a/y.png", "cat", ["/d/list.csv"]) == Path("imgs/a/y.png")
+
+
+def test_filter_without_estimates_says_what_to_run(tmp_path):
+    rng = np.random.default_rng(0)
+    train, labels, _ = clustered_features(rng, 5, 2, 4)
+    run = make_feature_run(tmp_path / "run", train, labels, train, labels)
+    with pytest.raises(TvcleanError, match="run `tvclean estimate`"):
+        filter_run(run, _config(), progress=False)
+
+
+def test_cli_filter(estimated_run):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["filter", str(estimated_run.root), "--output", "none",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"dirty":' in result.output
+    text = runner.invoke(cli, ["filter", str(estimated_run.root), "--output", "none"])
+    assert text.exit_code == 0 and "discarded" in text.output and "cat" in text.output
+    bad = runner.invoke(cli, ["filter", str(estimated_run.root), "--output", "move"])
+    assert bad.exit_code == 2 and "move" in bad.output
