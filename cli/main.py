@@ -22,7 +22,10 @@ def cli() -> None:
 
 
 # Each module defines COMMANDS, a list of click commands or groups.
-COMMAND_MODULES: list[str] = ["estimate_cmd", "evaluate_cmd", "extract_cmd", "filter_cmd", "models_cmd"]
+COMMAND_MODULES: list[str] = [
+    "clean_cmd", "demo_cmd", "estimate_cmd", "evaluate_cmd", "extract_cmd", "filter_cmd",
+    "models_cmd",
+]
 
 
 def _register() -> None:

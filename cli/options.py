@@ -21,13 +21,15 @@ def _default(section: str, name: str) -> Any:
 
 
 def stage_options(section: str, helps: dict[str, str],
-                  choices: dict[str, tuple[str, ...]] | None = None) -> Callable:
-    """Decorator adding one option per field named in `helps` (option `--field-name`).
+                  choices: dict[str, tuple[str, ...]] | None = None,
+                  flags: dict[str, str] | None = None) -> Callable:
+    """Decorator adding one option per field named in `helps` (option `--field-name`,
+    or the name given in `flags`).
 
     The option's parameter is called `<section>__<field>` so options of several
     stages can sit on one command (`tvclean clean`).
     """
-    choices = choices or {}
+    choices, flags = choices or {}, flags or {}
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
     def decorate(fn: Callable) -> Callable:
@@ -36,12 +38,12 @@ def stage_options(section: str, helps: dict[str, str],
             kind: Any = type(default)
             if name in choices:
                 kind = click.Choice(choices[name])
-            flag = "--" + name.replace("_", "-")
+            flag = "--" + flags.get(name, name.replace("_", "-"))
             param = f"{section}__{name}"
             shown = str(default).lower() if isinstance(default, bool) else default
             help_text = f"{helps[name]} [default: {shown}]"
             if kind is bool:
-                decl = f"{flag}/--no-{name.replace('_', '-')}"
+                decl = f"{flag}/--no-{flag[2:]}"
                 fn = click.option(decl, param, default=None, help=help_text)(fn)
             else:
                 fn = click.option(flag, param, type=kind, default=None, help=help_text)(fn)

@@ -19,7 +19,8 @@ from .estimate import Estimates, load_estimates
 from .featureset import FeatureSet, load_features
 from .rundir import RunDir, atomic_write_csv, read_csv
 from .splitdata import check_outside_inputs, relative_name, write_split_dataset
-from .valuenet import ValueNet, can_fit, fit_valuenets, load_valuenets, save_valuenets
+from .valuenet import ValueNet, load_valuenets, save_valuenets
+from .values import fit_class_valuenets, predict_values, suggest_labels
 
 TRAINING_VALUES_HEADER = ("path", "label", "class_name", "predicted_value", "mc_value",
                           "mc_stderr", "mc_count", "decision", "suggested_label")
@@ -47,61 +48,18 @@ def _fingerprint(est: Estimates, config: Config) -> str:
 
 def train_valuenets(run: RunDir, features: FeatureSet, est: Estimates, config: Config,
                     warnings: list[str]) -> dict[int, ValueNet]:
-    """One regressor per class from its MC estimates; reused if RUN/valuenets is up to date.
-
-    Classes with too few estimates get no net (their MC estimates are used instead).
-    """
+    """One regressor per class from its MC estimates; reused if RUN/valuenets is up to date."""
     fingerprint = _fingerprint(est, config)
     if (run.valuenets / "meta.json").exists():
         nets, meta = load_valuenets(run.valuenets)
         if meta.get("fingerprint") == fingerprint:
             return nets
-    per_class, fallback = {}, []
-    for k, name in enumerate(features.class_names):
-        rows = est.rows[est.labels == k]
-        if can_fit(rows.size, config.valuenet):
-            per_class[k] = (features.train.features[rows], est.mean[est.labels == k])
-        else:
-            fallback.append(name)
-    if fallback:
-        warnings.append(f"too few Monte-Carlo estimates to train a value net for "
-                        f"{', '.join(fallback)}: their estimates are used directly")
-    nets = fit_valuenets(per_class, config.valuenet, threads=config.estimate.threads)
+    nets = fit_class_valuenets(features.train.features, est, features.class_names, config,
+                               warnings)
     save_valuenets(run.valuenets, nets, {"fingerprint": fingerprint,
                                          "classes": features.class_names,
                                          "config": vars(config.valuenet)})
     return nets
-
-
-def predict_values(features: FeatureSet, est: Estimates, nets: dict[int, ValueNet]) -> np.ndarray:
-    """Predicted training-value of every training row (NaN where the image failed)."""
-    train = features.train
-    values = np.full(train.labels.size, np.nan)
-    for k in range(features.n_classes):
-        rows = train.ok_rows[train.labels[train.ok_rows] == k]
-        if k in nets:
-            values[rows] = nets[k].predict(train.features[rows])
-        else:
-            # No net: the MC estimate where there is one, else the class's mean estimate.
-            in_class = est.labels == k
-            values[rows] = est.mean[in_class].mean()
-            values[est.rows[in_class]] = est.mean[in_class]
-    return values
-
-
-def suggest_labels(features: FeatureSet, nets: dict[int, ValueNet], rows: np.ndarray,
-                   threshold: float) -> list[str]:
-    """For each row, the other class whose value net values the image most, if above threshold."""
-    if rows.size == 0 or not nets:
-        return [""] * rows.size
-    x = features.train.features[rows]
-    classes = sorted(nets)
-    scores = np.stack([nets[k].predict(x) for k in classes], axis=1)
-    given = features.train.labels[rows]
-    scores[np.array(classes)[None, :] == given[:, None]] = -np.inf
-    best = scores.argmax(axis=1)
-    return [features.class_names[classes[b]] if scores[i, b] >= threshold else ""
-            for i, b in enumerate(best)]
 
 
 def decide(values: np.ndarray, threshold: float) -> list[str]:
@@ -162,13 +120,15 @@ def filter_run(run: str | Path | RunDir, config: FilterConfig | Config | None = 
                                         if features.meta.get(k)])
     warnings: list[str] = []
     nets = train_valuenets(run, features, est, full, warnings)
-    values = predict_values(features, est, nets)
+    train = features.train
+    values = predict_values(train.features, train.labels, train.ok_rows, est, nets,
+                            features.n_classes)
     decisions = decide(values, full.filter.threshold)
     dirty_rows = np.array([i for i, d in enumerate(decisions) if d == "dirty"], np.int64)
     suggested = [""] * len(decisions)
-    for row, label in zip(dirty_rows, suggest_labels(features, nets, dirty_rows,
-                                                     full.filter.threshold)):
-        suggested[row] = label
+    for row, label in zip(dirty_rows, suggest_labels(train.features, train.labels, dirty_rows,
+                                                     nets, full.filter.threshold)):
+        suggested[row] = features.class_names[label] if label >= 0 else ""
     result = FilterResult(values=values, decisions=decisions, suggested=suggested,
                           counts={d: decisions.count(d) for d in ("clean", "dirty", "error")},
                           per_class=_per_class(features, decisions), warnings=warnings)

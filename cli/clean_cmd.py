@@ -1,0 +1,75 @@
+"""`tvclean clean TRAIN [VAL] -o RUN`: every stage in one command."""
+
+from __future__ import annotations
+
+import click
+
+from tvcore.pipeline import clean
+
+from .common import echo_json, info, user_errors
+from .estimate_cmd import ESTIMATE_CHOICES, ESTIMATE_HELP
+from .extract_cmd import EXTRACT_HELP, describe
+from .filter_cmd import (FILTER_CHOICES, FILTER_HELP, VALUENET_CHOICES, VALUENET_HELP,
+                         filter_summary, print_filter_summary)
+from .options import build_config, config_file_option, split_options, stage_options
+
+# One --threads (the estimate stage's) serves both stages.
+CLEAN_EXTRACT_HELP = {k: v for k, v in EXTRACT_HELP.items() if k != "threads"}
+REPORT_HELP = {"enabled": "Write the HTML report RUN/report/index.html at the end."}
+
+
+def clean_options(fn):
+    fn = stage_options("report", REPORT_HELP, flags={"enabled": "report"})(fn)
+    for section, helps, choices in (("filter", FILTER_HELP, FILTER_CHOICES),
+                                    ("valuenet", VALUENET_HELP, VALUENET_CHOICES),
+                                    ("estimate", ESTIMATE_HELP, ESTIMATE_CHOICES),
+                                    ("extract", CLEAN_EXTRACT_HELP, None)):
+        fn = stage_options(section, helps, choices)(fn)
+    return fn
+
+
+def run_config(config_file, options):
+    """The Config of a one-shot run: --threads applies to extraction as well."""
+    stage, _ = split_options(options)
+    if stage.get("estimate__threads") is not None:
+        stage["extract__threads"] = stage["estimate__threads"]
+    return build_config(config_file, stage)
+
+
+@click.command("clean")
+@click.argument("train", type=click.Path())
+@click.argument("val", type=click.Path(), required=False)
+@click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
+              help="Run directory for every artifact (features, estimates, value nets, "
+                   "training_values.csv, clean/, dirty/, report/).")
+@clean_options
+@config_file_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@user_errors
+def clean_command(train, val, run, config_file, as_json, **options):
+    """Find and set aside the mislabeled images of TRAIN, using the correct labels of VAL.
+
+    Runs extract, estimate and filter (and the report) into RUN. TRAIN and VAL
+    are class folders or CSV manifests; VAL may be left out when TRAIN holds
+    train/ and val/. Every stage resumes where an interrupted run stopped.
+    """
+    result = clean(train, val, run, run_config(config_file, options))
+    for warning in result.estimates.warnings + result.filter.warnings:
+        info(f"warning: {warning}")
+    if as_json:
+        echo_json({"run": str(result.run), "extract": result.extract.to_dict(),
+                   "filter": filter_summary(result.filter),
+                   "report": str(result.report) if result.report else None,
+                   "seconds": {k: round(v, 2) for k, v in result.seconds.items()}})
+        return
+    click.echo(describe(result.extract))
+    click.echo(f"estimated {result.estimates.rows.size} training-values over "
+               f"{result.estimates.episodes} episodes")
+    print_filter_summary(result.filter)
+    click.echo(f"values: {result.run / 'training_values.csv'}")
+    if result.report:
+        click.echo(f"report: {result.report}")
+    click.echo("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+
+
+COMMANDS = [clean_command]

@@ -1,0 +1,58 @@
+"""`clean`: every stage in one call (extract, estimate, filter, report)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import SECTIONS, Config
+from .estimate import Estimates, estimate
+from .features import ExtractSummary, extract
+from .filtering import FilterResult, filter_run
+from .rundir import RunDir
+from .splitdata import check_outside_inputs
+
+
+@dataclass
+class CleanResult:
+    """What each stage produced, and how long each took (seconds by stage name)."""
+
+    run: Path
+    extract: ExtractSummary
+    estimates: Estimates
+    filter: FilterResult
+    report: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
+          config: Config | None = None, progress: bool | None = None) -> CleanResult:
+    """Clean a weakly-labeled training set: all stages, artifacts in RUN.
+
+    train, val: class-folder roots or CSV manifests (val None: train holds
+    train/ and val/). Each stage skips work an earlier run already finished.
+    """
+    config = (config or Config()).validate()
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    check_outside_inputs(run.root, [p for p in (train, val) if p is not None])
+    seconds: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        start = time.perf_counter()
+        value = fn(*args)
+        seconds[name] = time.perf_counter() - start
+        return value
+
+    extracted = timed("extract", extract, train, val, run, config.extract, progress)
+    estimates = timed("estimate", estimate, run, config, progress)
+    filtered = timed("filter", filter_run, run, config, progress)
+    report = None
+    if config.report.enabled:
+        from .report import write_report
+
+        report = timed("report", write_report, run, config.report)
+    run.save_config(config, list(SECTIONS))
+    run.log("clean: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return CleanResult(run=run.root, extract=extracted, estimates=estimates, filter=filtered,
+                       report=report, seconds=seconds)
