@@ -1,4 +1,17 @@
-"""tvcore: the tvclean library. Everything a Python user imports lives here."""
+"""tvcore: the tvclean library. Everything a Python user imports lives here.
+
+The stage functions are imported on first use, so `import tvcore` stays light:
+
+    import tvcore
+    tvcore.clean("data/train", "data/val", "runs/1")          # every stage
+    tvcore.extract(...); tvcore.estimate(run); tvcore.filter_run(run); tvcore.write_report(run)
+    tvcore.evaluate(run, "truth.csv")
+    tvcore.training_values(train_x, train_y, val_x, val_y)   # the algorithm on arrays
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
@@ -11,11 +24,34 @@ from .config import (  # noqa: E402
     ValueNetConfig,
 )
 from .errors import TvcleanError  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .features import extract  # noqa: E402
 from .rundir import RunDir  # noqa: E402
+
+# name -> module that defines it (imported lazily, PEP 562)
+_LAZY = {
+    "extract": "features",
+    "estimate": "estimate",
+    "load_estimates": "estimate",
+    "filter_run": "filtering",
+    "load_training_values": "filtering",
+    "clean": "pipeline",
+    "write_report": "report",
+    "evaluate": "evaluate",
+    "detection_metrics": "evaluate",
+    "training_values": "values",
+    "load_features": "featureset",
+    "run_demo": "demo",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tvcore' has no attribute {name!r}")
+
 
 __all__ = [
     "Config", "EstimateConfig", "ExtractConfig", "FilterConfig", "ReportConfig",
-    "ValueNetConfig", "TvcleanError", "RunDir",
+    "ValueNetConfig", "TvcleanError", "RunDir", *_LAZY,
 ]
