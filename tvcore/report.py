@@ -1,0 +1,564 @@
+"""The HTML report of a run (`tvclean report`): RUN/report/index.html, one self-contained file.
+
+Sections: a summary table, per-class histograms of the predicted training-values
+with the threshold, a t-SNE map of the features, thumbnails of the most negative
+and most positive images per class, and the convergence of the Monte-Carlo
+estimates. Plots and thumbnails are embedded as base64 data URIs, so the page
+works offline and can be sent as one file; the plots are also written next to it
+as PNG files. Every file and class name is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from . import __version__
+from .config import Config, ReportConfig
+from .errors import TvcleanError
+from .estimate import Estimates, load_estimates
+from .featureset import FeatureSet, load_features
+from .filtering import load_training_values
+from .images import DEFAULT_MAX_PIXELS, _to_rgb_or_l
+from .progress import Progress
+from .rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
+
+THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
+EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
+PNG_LIMIT = 8192  # thumbnails larger than this as PNG are embedded as JPEG
+CLEAN_COLOUR, DIRTY_COLOUR = "#2e9d52", "#d6453d"
+DECISIONS = ("clean", "dirty", "error")
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows, read from a run (arrays aligned with train_index.csv)."""
+
+    run: RunDir
+    features: FeatureSet
+    estimates: Estimates
+    estimate_meta: dict
+    values: np.ndarray  # (n,) float64 predicted training-value, NaN where unreadable
+    decisions: np.ndarray  # (n,) str: "clean", "dirty" or "error"
+    labels: np.ndarray  # (n,) int64 given label
+    paths: list[str]
+    suggested: list[str]  # suggested class name of dirty images, "" if none
+    threshold: float
+    timings: dict[str, float]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.features.class_names
+
+
+@dataclass
+class Section:
+    anchor: str
+    heading: str
+    body: str  # HTML
+
+
+def write_report(run: str | Path | RunDir, config: ReportConfig | Config | None = None,
+                 progress: bool | None = None) -> Path:
+    """Write RUN/report/index.html (plus its plots as PNG files); return its path.
+
+    config: the report options (embedding_sample, thumbnails); progress: draw a
+    progress bar on stderr (default: when stderr is a terminal).
+    """
+    run = run if isinstance(run, RunDir) else RunDir(run)
+    config = config.report if isinstance(config, Config) else (config or ReportConfig())
+    config.validate()
+    started = time.perf_counter()
+    data = load_report_data(run)
+    builders = (summary_section, histogram_section, embedding_section, thumbnail_section,
+                convergence_section)
+    sections = []
+    with Progress(len(builders), "report: sections", enabled=progress) as bar:
+        for build in builders:
+            sections.append(build(data, config))
+            bar.update()
+    path = run.report / "index.html"
+    atomic_write_text(path, render_page(f"tvclean report: {run.root}", sections))
+    run.log(f"report: {path}, {time.perf_counter() - started:.2f}s")
+    return path
+
+
+# --- reading the run ----------------------------------------------------------------------
+
+
+def load_report_data(run: RunDir) -> ReportData:
+    """Read features, estimates and training_values.csv; fail naming the stage to run."""
+    features = load_features(run)
+    estimates = load_estimates(run)
+    rows = load_training_values(run)
+    if len(rows) != len(features.train.paths):
+        raise TvcleanError(
+            f"{run.training_values} has {len(rows)} rows but features/train_index.csv has "
+            f"{len(features.train.paths)}: re-run `tvclean filter` on {run.root}")
+    values = np.array([_parse_value(r["predicted_value"], run.training_values, i + 2)
+                       for i, r in enumerate(rows)], np.float64)
+    decisions = np.array([_parse_decision(r["decision"], run.training_values, i + 2)
+                          for i, r in enumerate(rows)])
+    return ReportData(
+        run=run, features=features, estimates=estimates,
+        estimate_meta=read_json(run.estimates / "meta.json"), values=values,
+        decisions=decisions, labels=features.train.labels, paths=[r["path"] for r in rows],
+        suggested=[r.get("suggested_label", "") for r in rows], threshold=_threshold(run),
+        timings=stage_timings(run.log_path.read_text(encoding="utf-8")
+                              if run.log_path.exists() else ""))
+
+
+def _parse_value(text: str, path: Path, line: int) -> float:
+    if text == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise TvcleanError(f"{path}, line {line}: predicted_value {text!r} is not a number; "
+                           f"re-run `tvclean filter`") from None
+
+
+def _parse_decision(text: str, path: Path, line: int) -> str:
+    if text not in DECISIONS:
+        raise TvcleanError(f"{path}, line {line}: decision {text!r} is not one of "
+                           f"{', '.join(DECISIONS)}; re-run `tvclean filter`")
+    return text
+
+
+def _threshold(run: RunDir) -> float:
+    """The threshold the last `tvclean filter` used (its config is saved in config.toml)."""
+    if not run.config_path.exists():
+        return Config().filter.threshold
+    return Config.from_toml(run.config_path).filter.threshold
+
+
+_SECONDS = re.compile(r", (\d+(?:\.\d+)?)s(?: \(.*\))?$")
+_CLEAN_ITEM = re.compile(r"(\w+) (\d+(?:\.\d+)?)s")
+
+
+def stage_timings(log_text: str) -> dict[str, float]:
+    """Seconds of the latest run of each stage, from RUN/log.txt lines."""
+    timings: dict[str, float] = {}
+    for line in log_text.splitlines():
+        stage, _, message = line.split(" ", 2)[-1].partition(": ")
+        found = _SECONDS.search(message)
+        if stage == "clean":
+            timings.update({k: float(v) for k, v in _CLEAN_ITEM.findall(message)})
+        elif stage == "extract" and message.startswith("model "):
+            timings["extract"] = 0.0  # a new extraction: its splits' times follow
+        elif stage == "extract" and found and message.split(":")[0] in ("train", "val"):
+            timings["extract"] = timings.get("extract", 0.0) + float(found.group(1))
+        elif stage in ("estimate", "filter") and found and not message.startswith("warning"):
+            timings[stage] = float(found.group(1))
+    return timings
+
+
+# --- summary ------------------------------------------------------------------------------
+
+
+def class_counts(data: ReportData) -> list[dict]:
+    """Per class: images, clean, dirty, error, Monte-Carlo estimates and median value."""
+    in_subset = np.bincount(data.estimates.labels, minlength=len(data.class_names))
+    table = []
+    for k, name in enumerate(data.class_names):
+        mine = data.labels == k
+        values = data.values[mine & np.isfinite(data.values)]
+        row = {d: int(np.sum(mine & (data.decisions == d))) for d in DECISIONS}
+        table.append({"class_name": name, "images": int(mine.sum()), **row,
+                      "mc_estimates": int(in_subset[k]),
+                      "median_value": float(np.median(values)) if values.size else math.nan})
+    return table
+
+
+def summary_section(data: ReportData, config: ReportConfig) -> Section:
+    counts = class_counts(data)
+    overview = _table([(_e(k), v) for k, v in _overview(data, counts)], "overview")
+    header = ("Class", "Images", "Clean", "Discarded", "Discarded %", "Unreadable",
+              "MC estimates", "Median value")
+    rows = "".join(_class_row(c) for c in counts)
+    per_class = (f'<table class="classes"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}'
+                 f"</tr></thead><tbody>{rows}</tbody></table>")
+    return Section("summary", "Summary", overview + per_class)
+
+
+def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
+    readable = sum(c["clean"] + c["dirty"] for c in counts)
+    dirty = sum(c["dirty"] for c in counts)
+    unreadable = sum(c["error"] for c in counts)
+    model = data.features.meta.get("model", {})
+    config = data.estimate_meta.get("config", {})
+    items = [
+        ("Run", _e(str(data.run.root))),
+        ("Training images", f"{len(data.paths)} ({readable} readable, {unreadable} unreadable)"),
+        ("Validation images", str(int(data.features.val.ok.sum()))),
+        ("Classes", str(len(data.class_names))),
+        ("Discarded", f'<span id="discarded">{dirty}</span> of {readable} '
+                      f"({_percent(dirty, readable)})"),
+        ("Threshold", _e(f"{data.threshold:g}")),
+        ("Feature model", _e(_model_text(model, data.features.dim))),
+        ("Monte-Carlo", _e(f"{data.estimates.episodes} episodes, subset of "
+                           f"{data.estimates.rows.size} training and "
+                           f"{data.estimates.val_rows.size} validation images, "
+                           f"{config.get('head', '?')} head, lr {config.get('lr', '?')}")),
+    ]
+    if data.timings:
+        items.append(("Stage times", _e(", ".join(f"{k} {v:.1f} s"
+                                                  for k, v in data.timings.items()))))
+    items.append(("Written", _e(f"{time.strftime('%Y-%m-%d %H:%M')} by tvclean {__version__}")))
+    return items
+
+
+def _model_text(model: dict, dim: int) -> str:
+    sha = str(model.get("sha256", ""))[:12]
+    return f"{model.get('name', '?')}" + (f" ({sha})" if sha else "") + f", {dim} dimensions"
+
+
+def _class_row(c: dict) -> str:
+    readable = c["clean"] + c["dirty"]
+    median = "n/a" if math.isnan(c["median_value"]) else f"{c['median_value']:+.3e}"
+    cells = (_e(c["class_name"]), c["images"], c["clean"], c["dirty"],
+             _percent(c["dirty"], readable), c["error"], c["mc_estimates"], median)
+    return '<tr class="class-row">' + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
+
+
+def _table(items: list[tuple[str, str]], css_class: str) -> str:
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
+    return f'<table class="{css_class}">{rows}</table>'
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def _new_figure(width: float, height: float):
+    """A matplotlib Figure drawn by the Agg backend (no pyplot state, no display needed)."""
+    # Imported here: matplotlib costs ~0.3 s to import, and only the report needs it.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    # No Software metadata: it would put matplotlib's web address into the page.
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _plot_text(name: str) -> str:
+    """A class name as literal matplotlib text: `$` would start mathtext."""
+    return name.replace("$", r"\$")
+
+
+def _class_colours(n_classes: int) -> list:
+    from matplotlib import colormaps
+
+    if n_classes <= 10:
+        return [colormaps["tab10"](k) for k in range(n_classes)]
+    if n_classes <= 20:
+        return [colormaps["tab20"](k) for k in range(n_classes)]
+    return [colormaps["turbo"](k / (n_classes - 1)) for k in range(n_classes)]
+
+
+def _figure_html(data: ReportData, name: str, png: bytes, alt: str) -> str:
+    atomic_write_bytes(data.run.report / name, png)
+    return (f'<img class="plot" alt="{_e(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+
+
+def histogram_section(data: ReportData, config: ReportConfig) -> Section:
+    k = len(data.class_names)
+    cols = min(4, k)
+    fig = _new_figure(3.4 * cols, 2.5 * math.ceil(k / cols) + 0.5)
+    axes = fig.subplots(math.ceil(k / cols), cols, squeeze=False).ravel()
+    for label, ax in enumerate(axes):
+        if label < k:
+            _class_histogram(ax, data, label)
+        else:
+            ax.set_axis_off()
+    fig.legend(*_histogram_legend(), loc="upper center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    body = (f"<p>Predicted training-value of every readable training image, by given class. "
+            f"Images below the threshold ({_e(f'{data.threshold:g}')}, dashed) are discarded.</p>"
+            + _figure_html(data, "histograms.png", _png(fig), "per-class value histograms"))
+    return Section("histograms", "Training-values per class", body)
+
+
+def _histogram_legend() -> tuple[list, list[str]]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=CLEAN_COLOUR), Patch(color=DIRTY_COLOUR),
+               Line2D([], [], color="black", linestyle="--", linewidth=1)]
+    return handles, ["clean", "discarded", "threshold"]
+
+
+def _class_histogram(ax, data: ReportData, label: int) -> None:
+    mine = (data.labels == label) & np.isfinite(data.values)
+    values, dirty = data.values[mine], data.decisions[mine] == "dirty"
+    name = _plot_text(data.class_names[label])
+    ax.set_title(f"{name}\n{int((~dirty).sum())} clean, {int(dirty.sum())} discarded",
+                 fontsize=9)
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no readable images", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    bins = np.histogram_bin_edges(np.append(values, data.threshold), bins=30)
+    ax.hist([values[~dirty], values[dirty]], bins=bins, stacked=True,
+            color=[CLEAN_COLOUR, DIRTY_COLOUR])
+    ax.axvline(data.threshold, color="black", linestyle="--", linewidth=1)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
+    ax.tick_params(labelsize=7)
+
+
+def embedding_rows(data: ReportData, sample: int, seed: int = EMBEDDING_SEED) -> np.ndarray:
+    """Row numbers of a seeded sample of at most `sample` readable training images, ascending."""
+    readable = np.flatnonzero(np.isfinite(data.values) & data.features.train.ok)
+    if readable.size <= sample:
+        return readable
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(readable, size=sample, replace=False))
+
+
+def tsne_2d(features: np.ndarray, seed: int = EMBEDDING_SEED) -> np.ndarray:
+    """2-D t-SNE of (n, D) features (PCA to at most 50 dimensions first); returns (n, 2)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(features, np.float64)
+    perplexity = min(30.0, (x.shape[0] - 1) / 3)
+    tsne = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto",
+                max_iter=500, random_state=seed)
+    # One thread: Barnes-Hut t-SNE on a few thousand points gains little from more, and
+    # its OpenMP threads spin at every barrier, 3-10x slower on a busy machine (measured).
+    with threadpool_limits(1):
+        if x.shape[1] > 50 and x.shape[0] > 50:
+            x = PCA(50, random_state=seed).fit_transform(x)
+        return tsne.fit_transform(x)
+
+
+def embedding_section(data: ReportData, config: ReportConfig) -> Section:
+    rows = embedding_rows(data, config.embedding_sample)
+    if rows.size < 5:
+        return Section("embedding", "Feature map (t-SNE)",
+                       f"<p>Too few readable images ({rows.size}) for a map.</p>")
+    xy = tsne_2d(data.features.train.features[rows])
+    fig = _new_figure(10, 7.5)
+    ax = fig.subplots()
+    _scatter_classes(ax, data, rows, xy)
+    fig.tight_layout()
+    dirty = int(np.sum(data.decisions[rows] == "dirty"))
+    body = (f"<p>t-SNE of the features of {rows.size} training images (a seeded sample of at "
+            f"most {config.embedding_sample}), coloured by given class; the {dirty} discarded "
+            f"images among them are drawn as crosses.</p>"
+            + _figure_html(data, "embedding.png", _png(fig), "t-SNE map of the features"))
+    return Section("embedding", "Feature map (t-SNE)", body)
+
+
+def _scatter_classes(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray) -> None:
+    from matplotlib.lines import Line2D
+
+    labels, dirty = data.labels[rows], data.decisions[rows] == "dirty"
+    colours = _class_colours(len(data.class_names))
+    for k, colour in enumerate(colours):
+        kept, dropped = (labels == k) & ~dirty, (labels == k) & dirty
+        ax.scatter(xy[kept, 0], xy[kept, 1], s=14, color=colour, alpha=0.85, linewidths=0)
+        ax.scatter(xy[dropped, 0], xy[dropped, 1], s=30, color=colour, marker="X",
+                   edgecolors="black", linewidths=0.4)
+    # Explicit handles: a class name starting with "_" would otherwise be left out.
+    handles = [Line2D([], [], marker="o", linestyle="", color=c) for c in colours]
+    handles.append(Line2D([], [], marker="X", linestyle="", color="grey",
+                          markeredgecolor="black"))
+    names = [_plot_text(n) for n in data.class_names] + ["discarded"]
+    ax.legend(handles, names, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8,
+              frameon=False, ncol=1 if len(names) <= 30 else 2)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def rank_convergence(history: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Spearman rank correlation of each history row with the final values.
+
+    history: (checkpoints, n) running means; final: (n,). Returns (checkpoints,),
+    NaN where a row (or final) is constant or n < 2.
+    """
+    from scipy.stats import rankdata
+
+    final_rank = rankdata(final)
+    return np.array([_pearson(rankdata(row), final_rank) for row in history], np.float64)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    norm = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / norm if norm > 0 else math.nan
+
+
+def convergence_section(data: ReportData, config: ReportConfig) -> Section:
+    est = data.estimates
+    title = "Convergence of the Monte-Carlo estimates"
+    if est.history.shape[0] < 2:
+        return Section("convergence", title,
+                       f"<p>Only {est.history.shape[0]} checkpoint(s) recorded; run more "
+                       f"episodes than checkpoint_every to see the convergence.</p>")
+    fig = _new_figure(9, 4.5)
+    ax = fig.subplots()
+    overall = rank_convergence(est.history, est.mean)
+    if len(data.class_names) <= 20:
+        for k, colour in enumerate(_class_colours(len(data.class_names))):
+            mine = est.labels == k
+            ax.plot(est.history_episodes, rank_convergence(est.history[:, mine], est.mean[mine]),
+                    color=colour, linewidth=0.8, alpha=0.7, label=_plot_text(data.class_names[k]))
+    ax.plot(est.history_episodes, overall, color="black", linewidth=2.2, marker="o",
+            markersize=3, label="all classes")
+    ax.set_xlabel("episodes")
+    ax.set_ylabel("Spearman correlation with final values")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    first = overall[0]
+    body = (f"<p>Rank correlation of the running-mean training-values after each checkpoint "
+            f"with the final values after {est.episodes} episodes ({est.rows.size} images; "
+            f"thin lines: within each class). The curve reaches 1 at the last checkpoint by "
+            f"definition; the earlier it levels off near 1, the less more episodes would "
+            f"change the ranking. After {int(est.history_episodes[0])} episodes: "
+            f"{first:.3f}.</p>"
+            + _figure_html(data, "convergence.png", _png(fig), "convergence plot"))
+    return Section("convergence", title, body)
+
+
+# --- thumbnails ---------------------------------------------------------------------------
+
+
+def extreme_rows(data: ReportData, label: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the `count` lowest-valued and `count` highest-valued images of a class.
+
+    Lowest first, then highest first; a class with fewer than 2*count images is
+    split between the two without showing an image twice.
+    """
+    mine = np.flatnonzero((data.labels == label) & np.isfinite(data.values))
+    ordered = mine[np.argsort(data.values[mine], kind="stable")]
+    n_low = min(count, (ordered.size + 1) // 2)
+    n_high = min(count, ordered.size - n_low)
+    return ordered[:n_low], ordered[::-1][:n_high]
+
+
+def thumbnail_uri(path: str, pixels: int = THUMBNAIL_PIXELS) -> str | None:
+    """A data URI of a small thumbnail of the image at `path`; None if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > DEFAULT_MAX_PIXELS:
+                return None
+            image.draft("RGB", (pixels, pixels))  # JPEG only: decode at reduced size
+            image = _to_rgb_or_l(ImageOps.exif_transpose(image))
+            image.thumbnail((pixels, pixels))
+            return _encode_thumbnail(image)
+    except Exception:  # a missing or broken image gets a placeholder, not a crash
+        return None
+
+
+def _encode_thumbnail(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    kind = "png"
+    if buf.tell() > PNG_LIMIT:  # photographs: JPEG is several times smaller
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=85)
+        kind = "jpeg"
+    return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def thumbnail_section(data: ReportData, config: ReportConfig) -> Section:
+    blocks = []
+    for label, name in enumerate(data.class_names):
+        low, high = extreme_rows(data, label, config.thumbnails)
+        blocks.append(f'<div class="class-thumbs"><h3>{_e(name)}</h3>'
+                      + _grid(data, low, label, "lowest", "Most negative")
+                      + _grid(data, high, label, "highest", "Most positive") + "</div>")
+    body = (f"<p>The {config.thumbnails} lowest- and highest-valued images of each class "
+            f"(by predicted training-value). A red frame marks a discarded image; hover for "
+            f"the full path.</p>" + "".join(blocks))
+    return Section("thumbnails", "Most negative and most positive images", body)
+
+
+def _grid(data: ReportData, rows: np.ndarray, label: int, kind: str, heading: str) -> str:
+    figures = "".join(_thumbnail(data, int(r)) for r in rows) or "<p>none</p>"
+    return (f'<h4>{heading}</h4><div class="grid" data-class="{label}" data-kind="{kind}">'
+            f"{figures}</div>")
+
+
+def _thumbnail(data: ReportData, row: int) -> str:
+    path, decision = data.paths[row], data.decisions[row]
+    uri = thumbnail_uri(path)
+    picture = (f'<img src="{uri}" alt="">' if uri else
+               '<div class="placeholder">unreadable</div>')
+    tip = path + (f"\nsuggested label: {data.suggested[row]}" if data.suggested[row] else "")
+    return (f'<figure class="thumb {decision}" title="{_e(tip)}">{picture}'
+            f"<figcaption>{data.values[row]:+.2e}<br><span>{_e(Path(path).name)}</span>"
+            f"</figcaption></figure>")
+
+
+# --- the page -----------------------------------------------------------------------------
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0;
+       color: #1d232a; background: #f4f5f7; }
+header { background: #23313f; color: #fff; padding: 14px 28px; }
+header h1 { margin: 0; font-size: 20px; font-weight: 600; overflow-wrap: anywhere; }
+nav a { color: #cfe3ff; margin-right: 18px; font-size: 14px; text-decoration: none; }
+main { max-width: 1360px; margin: 0 auto; padding: 8px 28px 40px; }
+section { background: #fff; border-radius: 6px; padding: 6px 22px 18px; margin: 18px 0;
+          box-shadow: 0 1px 3px rgba(0,0,0,.12); }
+h2 { font-size: 18px; border-bottom: 1px solid #e3e6ea; padding-bottom: 6px; }
+h3 { font-size: 15px; margin: 18px 0 4px; overflow-wrap: anywhere; }
+h4 { font-size: 12px; margin: 8px 0 4px; color: #5b6570; font-weight: 600; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+th, td { padding: 4px 12px; border-bottom: 1px solid #eceef1; text-align: left; }
+table.classes td:not(:first-child) { text-align: right; font-variant-numeric: tabular-nums; }
+table.overview th { color: #5b6570; font-weight: 500; }
+img.plot { max-width: 100%; height: auto; }
+.grid { display: flex; flex-wrap: wrap; gap: 8px; }
+figure.thumb { margin: 0; width: 104px; padding: 3px; border: 3px solid #d9dde2;
+               border-radius: 4px; background: #fafbfc; }
+figure.thumb.dirty { border-color: #d6453d; }
+figure.thumb img, .placeholder { width: 96px; height: 96px; object-fit: contain;
+                                 image-rendering: pixelated; display: block; margin: 0 auto; }
+.placeholder { background: repeating-linear-gradient(45deg, #e6e8eb 0 6px, #f3f4f6 6px 12px);
+               color: #7a838c; font-size: 11px; line-height: 96px; text-align: center; }
+figcaption { font-size: 11px; text-align: center; font-variant-numeric: tabular-nums; }
+figcaption span { display: block; overflow: hidden; text-overflow: ellipsis;
+                  white-space: nowrap; color: #5b6570; }
+"""
+
+
+def render_page(title: str, sections: list[Section]) -> str:
+    """The complete HTML document: header, navigation and sections (bodies already HTML)."""
+    nav = "".join(f'<a href="#{s.anchor}">{_e(s.heading)}</a>' for s in sections)
+    body = "".join(f'<section id="{s.anchor}"><h2>{_e(s.heading)}</h2>{s.body}</section>'
+                   for s in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>"
+            f"<header><h1>{_e(title)}</h1><nav>{nav}</nav></header><main>{body}</main>"
+            f"</body></html>\n")
