@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,13 @@ def test_flip_labels_is_seeded_and_never_keeps_the_label():
     again, _ = demo.flip_labels(labels, 0.3, 5, seed=1)
     assert flipped.sum() == 30 and np.array_equal(given, again)
     assert np.all(given[flipped] != labels[flipped]) and np.all(given[~flipped] == labels[~flipped])
+
+
+def test_artifacts_get_the_usual_file_permissions(tmp_path):
+    from tvcore.rundir import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert mask & 0o044 == 0, "the check needs a umask that lets others read"
