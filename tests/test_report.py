@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import re
 import shutil
@@ -298,3 +299,21 @@ def test_report_renders_in_chromium(report, tmp_path):
     assert pixels.std() > 20  # not a blank page
     # The header bar (dark) and the white section cards are both drawn.
     assert pixels[20, 700].mean() < 100 and (pixels.mean(axis=2) > 250).mean() > 0.2
+
+
+def test_evaluation_is_saved_and_shown(tmp_path):
+    from tvcore.evaluate import evaluate
+
+    run = _filtered_run(tmp_path)
+    rows = load_training_values(run)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("path,is_mislabeled\n" + "".join(f"{r['path']},{i % 5 == 0:d}\n"
+                                                     for i, r in enumerate(rows)))
+    result = evaluate(run, truth)
+    saved = json.loads((run.root / "evaluation.json").read_text())
+    assert saved["overall"]["f1"] == result.overall["f1"]
+    html = write_report(run, ReportConfig(embedding_sample=50, thumbnails=2)).read_text()
+    assert f"F1 {result.overall['f1']:.3f}" in html
+    filter_run(run, Config(filter=FilterConfig(output="none", threshold=1.0)), progress=False)
+    stale = write_report(run, ReportConfig(embedding_sample=50, thumbnails=2)).read_text()
+    assert "Against the truth" not in stale  # decisions changed since the evaluation

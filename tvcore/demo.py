@@ -134,13 +134,23 @@ def run_demo(out: str | Path, config: Config | None = None,
     """Materialize the demo data under OUT/data, clean it into OUT/run, score the result."""
     from .evaluate import evaluate
     from .pipeline import clean
+    from .report import write_report
 
     out = Path(out)
+    config = config or demo_config()
     start = time.perf_counter()
     data = materialize(out / "data")
     prepared = time.perf_counter() - start
-    result = clean(data / "train", data / "val", out / "run", config or demo_config(), progress)
+    # The report comes after the evaluation, so that it shows the scores too.
+    with_report = config.report.enabled
+    config.report.enabled = False
+    result = clean(data / "train", data / "val", out / "run", config, progress)
     evaluation = evaluate(out / "run", data / "truth.csv")
     seconds = {"prepare data": prepared, **result.seconds}
+    if with_report:
+        started = time.perf_counter()
+        write_report(out / "run", config.report, progress)
+        seconds["report"] = time.perf_counter() - started
+    config.report.enabled = with_report
     return DemoResult(data=data, run=out / "run", metrics=evaluation.to_dict()["overall"],
                       seconds=seconds)

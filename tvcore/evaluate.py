@@ -20,7 +20,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .errors import TvcleanError
-from .rundir import RunDir
+from .rundir import RunDir, atomic_write_json
+
+EVALUATION_FILE = "evaluation.json"  # written into the run directory
 
 TRAINING_VALUES_COLUMNS = ("path", "label", "class_name", "predicted_value", "decision")
 DECISIONS = ("clean", "dirty", "error")
@@ -132,9 +134,19 @@ class _TruthEntry:
     true_label: str | None
 
 
-def evaluate(run: str | Path | RunDir, truth: str | Path) -> Evaluation:
-    """Score RUN's decisions (dirty = discarded) and value ranking against the truth at `truth`."""
+def evaluate(run: str | Path | RunDir, truth: str | Path, save: bool = True) -> Evaluation:
+    """Score RUN's decisions (dirty = discarded) and value ranking against the truth at `truth`.
+
+    save: also write the result to RUN/evaluation.json (the report shows it).
+    """
     run = run if isinstance(run, RunDir) else RunDir(run)
+    result = _evaluate(run, truth)
+    if save:
+        atomic_write_json(run.root / EVALUATION_FILE, result.to_dict())
+    return result
+
+
+def _evaluate(run: RunDir, truth: str | Path) -> Evaluation:
     train = load_training_values(run)
     entries = load_truth(truth)
     train_of_truth, matched_by = match_truth(train.paths, entries)

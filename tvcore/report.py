@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from . import __version__
 from .config import Config, ReportConfig
 from .errors import TvcleanError
+from .evaluate import EVALUATION_FILE
 from .estimate import Estimates, load_estimates
 from .featureset import FeatureSet, load_features
 from .filtering import load_training_values
@@ -210,11 +211,29 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
                            f"{data.estimates.val_rows.size} validation images, "
                            f"{config.get('head', '?')} head, lr {config.get('lr', '?')}")),
     ]
+    evaluation = _evaluation(data.run)
+    if evaluation:
+        items.append(("Against the truth", _e(evaluation)))
     if data.timings:
         items.append(("Stage times", _e(", ".join(f"{k} {v:.1f} s"
                                                   for k, v in data.timings.items()))))
     items.append(("Written", _e(f"{time.strftime('%Y-%m-%d %H:%M')} by tvclean {__version__}")))
     return items
+
+
+def _evaluation(run: RunDir) -> str:
+    """One line of RUN/evaluation.json's overall metrics, if it is newer than the decisions."""
+    path = run.root / EVALUATION_FILE
+    if not path.exists() or path.stat().st_mtime < run.training_values.stat().st_mtime:
+        return ""
+    m = read_json(path)["overall"]
+
+    def fmt(key):
+        return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
+
+    return (f"precision {fmt('precision')}, recall {fmt('recall')}, F1 {fmt('f1')}, "
+            f"ROC-AUC {fmt('roc_auc')} ({m.get('mislabeled')} mislabeled of {m.get('n')}; "
+            f"from `tvclean evaluate`)")
 
 
 def _model_text(model: dict, dim: int) -> str:
