@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "extract": "bench_extract",
     "montecarlo": "bench_montecarlo",
+    "quality": "bench_quality",
 }
 
 
