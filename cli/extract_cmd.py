@@ -13,7 +13,7 @@ EXTRACT_HELP = {
     "model": "Feature extractor: a known model name (efficientnet-lite0, resnet50), "
              "a model in the cache, or a path to an .onnx file.",
     "batch_size": "Images per inference call.",
-    "threads": "onnxruntime threads (0 = all cores).",
+    "threads": "Cores for onnxruntime inference (0 = all), run as concurrent streams.",
     "decode_workers": "Image-decoding threads (0 = one per core).",
     "max_pixels": "Images with more pixels are skipped as decompression bombs.",
 }
@@ -54,11 +54,10 @@ def describe(summary: ExtractSummary) -> str:
         lines = [f"features in {features} are up to date; nothing to do"]
     else:
         lines = [f"extracted {summary.dim}-d features with {summary.model['name']} "
-                 f"({len(summary.classes)} classes) into {features}"]
+                 f"({len(summary.classes)} classes) into {features} in {summary.seconds:.1f}s"]
     for s in summary.splits.values():
         skipped = ", ".join(f"{n} {why}" for why, n in sorted(s.skipped.items())) or "none"
-        rate = f", {s.images / s.seconds:.1f} images/s" if s.seconds > 0 and not summary.up_to_date else ""
-        lines.append(f"  {s.name}: {s.ok} images, {s.failed} failed, skipped files: {skipped}{rate}")
+        lines.append(f"  {s.name}: {s.ok} images, {s.failed} failed, skipped files: {skipped}")
     for s in summary.splits.values():
         for path, error in s.errors[:ERRORS_SHOWN]:
             lines.append(f"  failed ({s.name}): {path}: {error}")

@@ -219,3 +219,15 @@ def test_models_that_break_the_contract_are_clear_errors(data, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(TvcleanError, match=r"cannot load model .*junk.onnx"):
         extract(root, None, tmp_path / "r2", ExtractConfig(model=str(tmp_path / "junk.onnx")))
+
+
+def test_extractor_features_split_over_streams_keep_order(extracted):
+    run, _ = extracted
+    features = load_features(run)
+    spec = resolve_model("efficientnet-lite0")
+    images = np.stack([load_image(p, spec.preprocess) for p in features.val.paths[:5]])
+    with features_module.FeatureExtractor(spec, threads=2) as extractor:
+        assert extractor.streams == 2
+        together = extractor.features(images)
+        assert extractor.features(images[:0]).shape == (0, 1280)
+    np.testing.assert_allclose(together, features.val.features[:5], rtol=1e-4, atol=1e-4)

@@ -42,9 +42,9 @@ class ExtractConfig:
     """Feature extraction (`tvclean extract`)."""
 
     model: str = "efficientnet-lite0"  # a known model name or a path to an .onnx file
-    batch_size: int = 32  # images per inference call
-    threads: int = 0  # onnxruntime intra-op threads; 0 = all cores
-    decode_workers: int = 0  # image-decoding threads; 0 = automatic
+    batch_size: int = 16  # images per inference call (16 beat 32 on 2 cores: benchmarks/bench_extract.py)
+    threads: int = 0  # cores for onnxruntime inference; 0 = all cores
+    decode_workers: int = 0  # image-decoding threads; 0 = one per core
     max_pixels: int = 89_478_485  # larger images are rejected as decompression bombs
 
     def validate(self) -> "ExtractConfig":

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -33,7 +33,8 @@ from .progress import Progress
 from .rundir import RunDir, atomic_write_csv, atomic_write_json, read_csv, read_json
 
 CHECKPOINT_SECONDS = 2.0  # at most this much work is redone after a kill
-PREFETCH_BATCHES = 2
+PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
+MAX_STREAMS = 4  # concurrent inference calls; each holds a batch of activations
 
 
 @dataclass
@@ -45,7 +46,6 @@ class SplitSummary:
     failed: int
     skipped: dict[str, int]
     errors: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
 
     @property
     def ok(self) -> int:
@@ -65,13 +65,18 @@ class ExtractSummary:
     dim: int
     model: dict[str, Any]
     splits: dict[str, SplitSummary]
+    seconds: float = 0.0  # wall time of this call's extraction
     up_to_date: bool = False  # True: an earlier run had already finished everything
+
+    @property
+    def images(self) -> int:
+        return sum(s.images for s in self.splits.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": str(self.run), "classes": self.classes, "dim": self.dim,
                 "model": self.model, "up_to_date": self.up_to_date,
-                "splits": {name: {**s.counts(), "seconds": round(s.seconds, 3),
-                                  "errors": [list(e) for e in s.errors]}
+                "seconds": round(self.seconds, 3),
+                "splits": {name: {**s.counts(), "errors": [list(e) for e in s.errors]}
                            for name, s in self.splits.items()}}
 
 
@@ -85,8 +90,12 @@ def available_cores() -> int:
 class FeatureExtractor:
     """One model in onnxruntime, fed by a pool of image-decoding threads.
 
-    threads: onnxruntime intra-op threads (0 = all cores). decode_workers:
-    decoding threads (0 = automatic). Use as a context manager.
+    threads: cores for inference (0 = all). They run as up to MAX_STREAMS
+    concurrent inference calls on one session, each with threads / streams
+    onnxruntime threads: on few cores, single-threaded calls side by side use
+    the CPU better than one call split over all cores, and leave no idle gaps
+    for the decoders to wait in. decode_workers: decoding threads (0 = one
+    per core). Use as a context manager.
     """
 
     def __init__(self, model: ModelSpec, batch_size: int = 32, threads: int = 0,
@@ -95,10 +104,13 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         cores = available_cores()
-        self.session = _open_session(model, threads or cores)
+        threads = threads or cores
+        self.streams = min(threads, MAX_STREAMS)
+        self.session = _open_session(model, max(1, threads // self.streams))
         self.input_name, self.output_name = _io_names(self.session, model)
         self.dim = self._probe_dim()
-        self.pool = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
+        self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
+        self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
 
     def __enter__(self) -> "FeatureExtractor":
         return self
@@ -107,42 +119,55 @@ class FeatureExtractor:
         self.close()
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.decoders.shutdown(wait=True, cancel_futures=True)
+        self.runners.shutdown(wait=True, cancel_futures=True)
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        """(n, 3, S, S) float32 preprocessed images -> (n, D) float32 features."""
+        """(n, 3, S, S) float32 preprocessed images -> (n, D) float32 features.
+
+        The batch is split over the inference streams, so a caller with its own
+        loop still uses every inference thread (do not call it from a stream).
+        """
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chunks = np.array_split(images, min(self.streams, len(images)))
+        return np.concatenate(list(self.runners.map(self.features_in_this_thread, chunks)))
+
+    def features_in_this_thread(self, images: np.ndarray) -> np.ndarray:
+        """Like features(), as one onnxruntime call on the calling thread (one stream)."""
         out = self.session.run([self.output_name], {self.input_name: images})[0]
         return out.reshape(len(images), -1).astype(np.float32, copy=False)
 
-    def iter_batches(self, paths: list[str], start: int = 0
-                     ) -> Iterator[tuple[int, np.ndarray, dict[int, str]]]:
-        """Yield (first row, (b, D) features, {row: error}) for paths[start:], in order.
+    def run_batches(self, batches: Iterable[Sequence[str]]
+                    ) -> Iterator[tuple[np.ndarray, dict[int, str]]]:
+        """For each batch of image paths, in order: (b, D) features and {index: error}.
 
-        Rows of images that failed to decode are zero.
+        Rows of images that failed to decode are zero. Keeps every inference
+        stream busy plus PREFETCH_BATCHES batches decoding ahead.
         """
-        for first, decoded in self._decoded_batches(paths, start):
-            errors = {first + i: r for i, r in enumerate(decoded) if isinstance(r, str)}
-            good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
-            features = np.zeros((len(decoded), self.dim), dtype=np.float32)
-            if good:
-                features[good] = self.features(np.stack([decoded[i] for i in good]))
-            yield first, features, errors
-
-    def _decoded_batches(self, paths: list[str], start: int) -> Iterator[tuple[int, list]]:
-        """Decoded batches in order, keeping PREFETCH_BATCHES batches in flight."""
-        firsts = iter(range(start, len(paths), self.batch_size))
-        pending = deque(self._submit(paths, first) for first in islice(firsts, PREFETCH_BATCHES))
+        batches = iter(batches)
+        ahead = self.streams + PREFETCH_BATCHES
+        pending = deque(self._submit(paths) for paths in islice(batches, ahead))
         while pending:
-            first, futures = pending.popleft()
-            following = next(firsts, None)
+            result = pending.popleft()
+            following = next(batches, None)
             if following is not None:
-                pending.append(self._submit(paths, following))
-            yield first, [future.result() for future in futures]
+                pending.append(self._submit(following))
+            yield result.result()
 
-    def _submit(self, paths: list[str], first: int):
+    def _submit(self, paths: Sequence[str]):
         prep, limit = self.model.preprocess, self.max_pixels
-        return first, [self.pool.submit(load_image, path, prep, limit)
-                       for path in paths[first:first + self.batch_size]]
+        decoding = [self.decoders.submit(load_image, path, prep, limit) for path in paths]
+        return self.runners.submit(self._run_batch, decoding)
+
+    def _run_batch(self, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
+        decoded = [future.result() for future in decoding]
+        errors = {i: r for i, r in enumerate(decoded) if isinstance(r, str)}
+        good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+        features = np.zeros((len(decoded), self.dim), dtype=np.float32)
+        if good:
+            features[good] = self.features_in_this_thread(np.stack([decoded[i] for i in good]))
+        return features, errors
 
     def _probe_dim(self) -> int:
         size = self.model.preprocess.size
@@ -159,6 +184,7 @@ class FeatureExtractor:
 
 
 def _open_session(model: ModelSpec, threads: int):
+    """A CPU session whose every run uses `threads` onnxruntime threads (1: the caller's own)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -193,8 +219,8 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
     """Extract features of the train and val images into RUN/features/.
 
     train, val: class-folder roots or .csv manifests (val None: train holds
-    train/ and val/, or is a manifest with a split column). progress: draw
-    progress bars (None: when stderr is a terminal). Re-running resumes an
+    train/ and val/, or is a manifest with a split column). progress: draw a
+    progress bar (None: when stderr is a terminal). Re-running resumes an
     interrupted run and skips a finished one.
     """
     config = (config or ExtractConfig()).validate()
@@ -210,19 +236,52 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
     run.save_config(Config(extract=config), ["extract"])
     run.log(f"extract: model {model.name} ({model.sha256[:12]}), {len(dataset.train)} train and "
             f"{len(dataset.val)} val images, {len(dataset.classes)} classes")
+    started = time.perf_counter()
     with FeatureExtractor(model, config.batch_size, config.threads, config.decode_workers,
                           config.max_pixels) as extractor:
-        splits = {s.name: _extract_split(run, s, dataset.classes, extractor, fingerprint, progress)
-                  for s in dataset.splits}
+        writers = [_SplitWriter(run, split, dataset.classes, fingerprint, extractor.dim)
+                   for split in dataset.splits]
+        _run_splits(writers, extractor, progress)
+    seconds = time.perf_counter() - started
     summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=extractor.dim,
-                             model=model.identity(), splits=splits)
+                             model=model.identity(), seconds=seconds,
+                             splits={w.split.name: w.summary() for w in writers})
     _write_meta(run, summary, dataset, fingerprint, config.max_pixels)
-    for split in dataset.splits:
-        _state_path(run, split.name).unlink(missing_ok=True)
-    for s in splits.values():
+    for writer in writers:
+        writer.state_path.unlink(missing_ok=True)
+    for s in summary.splits.values():
         run.log(f"extract: {s.name}: {s.ok} images, {s.failed} failed, "
-                f"{sum(s.skipped.values())} files skipped, {s.seconds:.1f}s")
+                f"{sum(s.skipped.values())} files skipped")
+    run.log(f"extract: done in {seconds:.1f}s")
     return summary
+
+
+def _run_splits(writers: list["_SplitWriter"], extractor: FeatureExtractor,
+                progress: bool | None) -> None:
+    """Feed the remaining batches of every split through one pipeline, so it never drains
+    between splits; checkpoint as it goes and finish each split when its last batch lands."""
+    jobs = [(writer, first) for writer in writers for first in writer.remaining_batches(extractor.batch_size)]
+    batches = (writer.split.paths[first:first + extractor.batch_size] for writer, first in jobs)
+    total = sum(len(w.split) for w in writers)
+    last_checkpoint = time.perf_counter()
+    with Progress(total, "extract", enabled=progress) as bar:
+        bar.update(total - sum(len(w.split) - w.state["rows_done"] for w in writers))
+        try:
+            for (writer, first), (features, errors) in zip(jobs, extractor.run_batches(batches)):
+                writer.write(first, features, errors)
+                bar.update(len(features))
+                if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
+                    for each in writers:
+                        each.checkpoint()
+                    last_checkpoint = time.perf_counter()
+                if writer.state["rows_done"] == len(writer.split):
+                    writer.finish()
+        except BaseException:  # Ctrl-C or a failure: keep what is done for the resume
+            for each in writers:
+                each.checkpoint()
+            raise
+    for writer in writers:
+        writer.finish()  # splits that had nothing left to do
 
 
 def _fingerprint(dataset: Dataset, model: ModelSpec, max_pixels: int) -> str:
@@ -258,88 +317,82 @@ def _finished_summary(run: RunDir, fingerprint: str) -> ExtractSummary | None:
                           model=meta["model"], splits=splits, up_to_date=True)
 
 
-def _state_path(run: RunDir, split: str) -> Path:
-    return run.features / f"{split}.progress.json"
+class _SplitWriter:
+    """Writes one split's features/<split>.npy and <split>_index.csv, resumably.
 
+    Rows go into <split>.npy.partial (a memory-mapped .npy); <split>.progress.json
+    records how many rows are done and the errors so far. The record is
+    written only after the rows reach the file, so a kill at any moment loses
+    at most the rows since the last checkpoint.
+    """
 
-def _extract_split(run: RunDir, split: SplitFiles, classes: list[str],
-                   extractor: FeatureExtractor, fingerprint: str,
-                   progress: bool | None) -> SplitSummary:
-    """Extract one split into features/<split>.npy and <split>_index.csv, resuming if possible."""
-    final = run.features / f"{split.name}.npy"
-    partial = run.features / f"{split.name}.npy.partial"
-    state = _load_state(run, split.name, fingerprint, len(split), extractor.dim, partial)
-    started = time.perf_counter()
-    if not state["complete"]:
-        _fill_partial(split, extractor, partial, state, run, progress)
-        _write_index(run, split, classes, state["errors"])
-        state["complete"] = True
-        atomic_write_json(_state_path(run, split.name), state)
-    if partial.exists():
-        os.replace(partial, final)
-    errors = {int(row): message for row, message in state["errors"].items()}
-    return SplitSummary(
-        name=split.name, images=len(split), failed=len(errors), skipped=dict(split.skipped),
-        errors=[(split.paths[row], errors[row]) for row in sorted(errors)],
-        seconds=time.perf_counter() - started)
+    def __init__(self, run: RunDir, split: SplitFiles, classes: list[str], fingerprint: str,
+                 dim: int):
+        self.run, self.split, self.classes = run, split, classes
+        self.final = run.features / f"{split.name}.npy"
+        self.partial = run.features / f"{split.name}.npy.partial"
+        self.state_path = run.features / f"{split.name}.progress.json"
+        self.state = self._load_state(fingerprint, dim)
+        self.matrix: np.memmap | None = None
 
+    def _load_state(self, fingerprint: str, dim: int) -> dict[str, Any]:
+        """The record of an earlier, interrupted run of this same work, or a fresh one."""
+        fresh = {"fingerprint": fingerprint, "rows": len(self.split), "dim": dim,
+                 "rows_done": 0, "errors": {}, "complete": False}
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return fresh
+        same = all(state.get(key) == fresh[key] for key in ("fingerprint", "rows", "dim"))
+        usable = self.partial.exists() or (state.get("complete") and self.final.exists())
+        return state if same and usable else fresh
 
-def _load_state(run: RunDir, split: str, fingerprint: str, rows: int, dim: int,
-                partial: Path) -> dict[str, Any]:
-    """The progress record of an earlier, interrupted run of this same work, or a fresh one."""
-    path = _state_path(run, split)
-    fresh = {"fingerprint": fingerprint, "rows": rows, "dim": dim, "rows_done": 0,
-             "errors": {}, "complete": False}
-    if not path.exists():
-        return fresh
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return fresh
-    same = (state.get("fingerprint") == fingerprint and state.get("rows") == rows
-            and state.get("dim") == dim)
-    final_exists = (run.features / f"{split}.npy").exists()
-    if same and (partial.exists() or (state.get("complete") and final_exists)):
-        return state
-    return fresh
+    def remaining_batches(self, batch_size: int) -> range:
+        """First rows of the batches still to do (opens the .partial matrix for them)."""
+        if self.state["complete"]:
+            return range(0)
+        if self.state["rows_done"] == 0 or not self.partial.exists():
+            self.state.update(rows_done=0, errors={})
+            self.matrix = np.lib.format.open_memmap(
+                self.partial, mode="w+", dtype=np.float32, shape=(len(self.split), self.state["dim"]))
+        else:
+            self.matrix = np.lib.format.open_memmap(self.partial, mode="r+")
+        return range(self.state["rows_done"], len(self.split), batch_size)
 
+    def write(self, first: int, features: np.ndarray, errors: dict[int, str]) -> None:
+        self.matrix[first:first + len(features)] = features
+        self.state["errors"].update({str(first + i): message for i, message in errors.items()})
+        self.state["rows_done"] = first + len(features)
 
-def _fill_partial(split: SplitFiles, extractor: FeatureExtractor, partial: Path,
-                  state: dict[str, Any], run: RunDir, progress: bool | None) -> None:
-    """Run the model over the split's remaining rows into the .partial matrix, checkpointing."""
-    rows, dim = len(split), extractor.dim
-    if state["rows_done"] == 0 or not partial.exists():
-        state.update(rows_done=0, errors={})
-        matrix = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(rows, dim))
-    else:
-        matrix = np.lib.format.open_memmap(partial, mode="r+")
-    last_checkpoint = time.perf_counter()
-    with Progress(rows, f"extract {split.name}", enabled=progress) as bar:
-        bar.update(state["rows_done"])
-        for first, features, errors in extractor.iter_batches(split.paths, state["rows_done"]):
-            matrix[first:first + len(features)] = features
-            state["errors"].update({str(row): message for row, message in errors.items()})
-            state["rows_done"] = first + len(features)
-            bar.update(len(features))
-            if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
-                _checkpoint(matrix, state, run, split.name)
-                last_checkpoint = time.perf_counter()
-    matrix.flush()
-    del matrix
+    def checkpoint(self) -> None:
+        if self.matrix is not None and not self.state["complete"]:
+            self.matrix.flush()  # rows reach the file before the record that says they are done
+            atomic_write_json(self.state_path, self.state)
 
+    def finish(self) -> None:
+        """Write the index, mark the split complete, and move the matrix to its final name."""
+        if not self.state["complete"]:
+            self.matrix.flush()
+            self.matrix = None
+            self._write_index()
+            self.state["complete"] = True
+            atomic_write_json(self.state_path, self.state)
+        if self.partial.exists():
+            os.replace(self.partial, self.final)
 
-def _checkpoint(matrix: np.memmap, state: dict[str, Any], run: RunDir, split: str) -> None:
-    # Rows must reach the file before the record that says they are done.
-    matrix.flush()
-    atomic_write_json(_state_path(run, split), state)
+    def _write_index(self) -> None:
+        errors = self.state["errors"]
+        rows = ((path, label, self.classes[label], "error" if str(i) in errors else "ok",
+                 errors.get(str(i), ""))
+                for i, (path, label) in enumerate(zip(self.split.paths, self.split.labels.tolist())))
+        atomic_write_csv(self.run.features / f"{self.split.name}_index.csv", INDEX_HEADER, rows)
 
-
-def _write_index(run: RunDir, split: SplitFiles, classes: list[str],
-                 errors: dict[str, str]) -> None:
-    rows = ((path, label, classes[label], "error" if str(i) in errors else "ok",
-             errors.get(str(i), ""))
-            for i, (path, label) in enumerate(zip(split.paths, split.labels.tolist())))
-    atomic_write_csv(run.features / f"{split.name}_index.csv", INDEX_HEADER, rows)
+    def summary(self) -> SplitSummary:
+        errors = {int(row): message for row, message in self.state["errors"].items()}
+        return SplitSummary(
+            name=self.split.name, images=len(self.split), failed=len(errors),
+            skipped=dict(self.split.skipped),
+            errors=[(self.split.paths[row], errors[row]) for row in sorted(errors)])
 
 
 def _write_meta(run: RunDir, summary: ExtractSummary, dataset: Dataset, fingerprint: str,
