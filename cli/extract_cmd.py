@@ -39,7 +39,7 @@ def extract_command(train, val, run, config_file, as_json, **options):
     resumes an interrupted run and skips a finished one.
     """
     stage, _ = split_options(options)
-    config = build_config(config_file, stage)
+    config = build_config(config_file, stage, run)
     summary = extract(train, val, run, config.extract)
     if as_json:
         echo_json(summary.to_dict())

@@ -13,8 +13,12 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from imagefiles import write_digit_tree  # noqa: E402
 from tvclean.main import cli  # noqa: E402
 from tvcore import export  # noqa: E402
+from tvcore.config import ExtractConfig  # noqa: E402
+from tvcore.featureset import load_features  # noqa: E402
+from tvcore.features import extract  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
 from tvcore.modelzoo import embedded_dir, resolve_model  # noqa: E402
 
@@ -57,7 +61,7 @@ def test_resnet50_has_torchvision_names_and_size():
     assert state["fc.weight"].shape == (1000, 2048)
 
 
-def test_resnet50_untrained_export_runs_in_extract_contract(cache):
+def test_resnet50_untrained_export_works_with_extract(cache):
     result = export.export_model("resnet50", pretrained=False)
     assert result.path == cache / "resnet50-untrained.onnx"
     assert result.max_abs_diff["features"] <= 1e-4 and result.max_abs_diff["logits"] <= 1e-4
@@ -66,6 +70,12 @@ def test_resnet50_untrained_export_runs_in_extract_contract(cache):
     assert spec.licence == "untrained (random weights)"
     with pytest.raises(TvcleanError, match="model resnet50 is not in the cache"):
         resolve_model("resnet50")  # an untrained export never stands in for the real one
+    write_digit_tree(cache.parent / "data" / "train", classes=(0, 1), per_class=2)
+    write_digit_tree(cache.parent / "data" / "val", classes=(0, 1), per_class=1, offset=5)
+    summary = extract(cache.parent / "data", None, cache.parent / "run",
+                      ExtractConfig(model="resnet50-untrained", threads=1), progress=False)
+    assert summary.dim == 2048 and summary.model["preprocessing"]["resize"] == 232
+    assert load_features(cache.parent / "run").train.features.shape == (4, 2048)
 
 
 @pytest.fixture(scope="module")

@@ -177,6 +177,7 @@ def test_cli_extract_output_and_errors(data, tmp_path):
     result = runner.invoke(cli, ["extract", str(root / "train"), str(root / "val"), "-o",
                                  str(tmp_path / "run"), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["up_to_date"] is True
+    assert "batch_size = 8" in (tmp_path / "run" / "config.toml").read_text()  # the run's own settings kept
     result = runner.invoke(cli, ["extract", str(root / "train"), "-o", str(tmp_path / "r2")])
     assert result.exit_code == 1 and "Error: no validation data: give VAL_DIR" in result.output
     result = runner.invoke(cli, ["extract", str(root), "-o", str(tmp_path / "r3"),
@@ -198,6 +199,8 @@ def test_cli_manifest_and_user_model(data, tmp_path):
                                       "--model", str(tmp_path / "mine.onnx"), "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "extracted 1000-d features with mine (2 classes)" in result.output
+    again = CliRunner().invoke(cli, ["extract", str(tmp_path / "all.csv"), "-o", str(tmp_path / "run")])
+    assert "up to date" in again.output  # without --model the run's model is kept
     features = load_features(tmp_path / "run")
     assert features.train.features.shape == (4, 1000) and features.val.features.shape == (2, 1000)
     assert features.meta["model"]["output"] == "logits"
