@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TvcleanError
-from .modelzoo import KNOWN_MODELS, cache_dir, download, sha256_file, write_metadata
+from .modelzoo import (FILE_MODE, KNOWN_MODELS, cache_dir, download, sha256_file,
+                       write_metadata)
 
 OPSET = 17
 TORCH_EXTRA = "pip install 'tvclean[torch]'"
@@ -121,6 +122,7 @@ def export_onnx(backbone, path: str | Path, input_size: int, opset: int = OPSET)
                               dynamic_axes={"images": batch_axis, "features": batch_axis,
                                             "logits": batch_axis},
                               dynamo=False)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -29,6 +29,7 @@ from typing import Any
 from .errors import TvcleanError
 from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
 from .progress import Progress
+from .rundir import _FILE_MODE as FILE_MODE  # mkstemp alone would give 0600
 from .rundir import atomic_write_json, read_json
 
 NORMALISATIONS = {
@@ -284,6 +285,7 @@ def download(url: str, dest: str | Path, sha256: str, label: str = "download",
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             digest = _stream(url, fh, label, progress)
         if digest != sha256.lower():
