@@ -23,7 +23,7 @@ ERRORS_SHOWN = 5
 @click.command("extract")
 @click.argument("train", type=click.Path())
 @click.argument("val", type=click.Path(), required=False)
-@click.option("-o", "--output", "run", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
               help="Run directory; features are written to RUN/features.")
 @stage_options("extract", EXTRACT_HELP)
 @config_file_option
