@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tvcore.distributed import open_cluster
 from tvcore.pipeline import clean
 
 from .common import echo_json, info, user_errors
@@ -11,7 +12,8 @@ from .estimate_cmd import ESTIMATE_CHOICES, ESTIMATE_HELP
 from .extract_cmd import EXTRACT_HELP, describe
 from .filter_cmd import (FILTER_CHOICES, FILTER_HELP, VALUENET_CHOICES, VALUENET_HELP,
                          filter_summary, print_filter_summary)
-from .options import build_config, config_file_option, split_options, stage_options
+from .options import (build_config, cluster_options, config_file_option, split_options,
+                      stage_options)
 
 # One --threads (the estimate stage's) serves both stages.
 CLEAN_EXTRACT_HELP = {k: v for k, v in EXTRACT_HELP.items() if k != "threads"}
@@ -43,17 +45,19 @@ def run_config(config_file, options):
               help="Run directory for every artifact (features, estimates, value nets, "
                    "training_values.csv, clean/, dirty/, report/).")
 @clean_options
+@cluster_options
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def clean_command(train, val, run, config_file, as_json, **options):
+def clean_command(train, val, run, config_file, as_json, scheduler, workers, **options):
     """Find and set aside the mislabeled images of TRAIN, using the correct labels of VAL.
 
     Runs extract, estimate and filter (and the report) into RUN. TRAIN and VAL
     are class folders or CSV manifests; VAL may be left out when TRAIN holds
     train/ and val/. Every stage resumes where an interrupted run stopped.
     """
-    result = clean(train, val, run, run_config(config_file, options))
+    with open_cluster(scheduler, workers) as cluster:
+        result = clean(train, val, run, run_config(config_file, options), cluster=cluster)
     for warning in result.estimates.warnings + result.filter.warnings:
         info(f"warning: {warning}")
     if as_json:

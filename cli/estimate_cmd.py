@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 import numpy as np
 
+from tvcore.distributed import open_cluster
 from tvcore.estimate import estimate
 
 from .common import echo_json, info, user_errors
-from .options import build_config, config_file_option, split_options, stage_options
+from .options import (build_config, cluster_options, config_file_option, split_options,
+                      stage_options)
 
 ESTIMATE_HELP = {
     "episodes": "Number of Monte-Carlo episodes (fresh heads trained from scratch).",
@@ -30,10 +32,11 @@ ESTIMATE_CHOICES = {"head": ("linear", "mlp"), "dtype": ("float32", "float64")}
 @click.command("estimate")
 @click.argument("run", type=click.Path(file_okay=False))
 @stage_options("estimate", ESTIMATE_HELP, ESTIMATE_CHOICES)
+@cluster_options
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def estimate_command(run, config_file, as_json, **options):
+def estimate_command(run, config_file, as_json, scheduler, workers, **options):
     """Estimate each subset image's training-value by Monte-Carlo training.
 
     Reads RUN/features (from `tvclean extract`) and writes RUN/estimates. An
@@ -41,7 +44,8 @@ def estimate_command(run, config_file, as_json, **options):
     """
     stage, _ = split_options(options)
     config = build_config(config_file, stage, run)
-    result = estimate(run, config)
+    with open_cluster(scheduler, workers) as cluster:
+        result = estimate(run, config, cluster=cluster)
     for warning in result.warnings:
         info(f"warning: {warning}")
     steps = int(result.count.sum())

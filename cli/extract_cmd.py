@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from tvcore.distributed import open_cluster
 from tvcore.features import ExtractSummary, extract
 
 from .common import echo_json, user_errors
-from .options import build_config, config_file_option, split_options, stage_options
+from .options import (build_config, cluster_options, config_file_option, split_options,
+                      stage_options)
 
 EXTRACT_HELP = {
     "model": "Feature extractor: a known model name (efficientnet-lite0, resnet50), "
@@ -26,10 +28,12 @@ ERRORS_SHOWN = 5
 @click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
               help="Run directory; features are written to RUN/features.")
 @stage_options("extract", EXTRACT_HELP)
+@cluster_options
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def extract_command(train, val, run, config_file, as_json, **options):
+def extract_command(train, val, run, config_file, as_json, scheduler, workers,
+                    **options):
     """Extract CNN features of the TRAIN and VAL images into RUN/features.
 
     TRAIN and VAL are folders with one subfolder per class (nested folders
@@ -40,7 +44,8 @@ def extract_command(train, val, run, config_file, as_json, **options):
     """
     stage, _ = split_options(options)
     config = build_config(config_file, stage, run)
-    summary = extract(train, val, run, config.extract)
+    with open_cluster(scheduler, workers) as cluster:
+        summary = extract(train, val, run, config.extract, cluster=cluster)
     if as_json:
         echo_json(summary.to_dict())
     else:

@@ -89,3 +89,17 @@ def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     stage = {k: v for k, v in kwargs.items() if "__" in k}
     own = {k: v for k, v in kwargs.items() if "__" not in k}
     return stage, own
+
+
+def cluster_options(fn: Callable) -> Callable:
+    """Decorator adding the Dask options --scheduler ADDRESS and --workers N (parameters
+    `scheduler`, `workers`; see tvcore.distributed.open_cluster)."""
+    fn = click.option(
+        "--workers", "workers", type=click.IntRange(min=1), default=None, metavar="N",
+        help="Run on a local Dask cluster of N worker processes (needs tvclean[dask]); "
+             "the results are the same as without it. [default: no cluster]")(fn)
+    return click.option(
+        "--scheduler", "scheduler", default=None, metavar="ADDRESS",
+        help="Run on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786; "
+             "needs tvclean[dask]). Images, model and run directory must be on storage every "
+             "worker reads at the same paths. [default: no cluster]")(fn)

@@ -105,11 +105,13 @@ class _Checkpoint:
 
 
 def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = None,
-             progress: bool | None = None) -> Estimates:
+             progress: bool | None = None, cluster=None) -> Estimates:
     """Estimate training-values of RUN's Monte-Carlo subset; write RUN/estimates.
 
     config: the estimate options (default EstimateConfig()); progress: draw a
-    progress bar on stderr (default: when stderr is a terminal).
+    progress bar on stderr (default: when stderr is a terminal); cluster: a
+    tvcore.distributed.Cluster or distributed.Client to run the episodes on
+    (None: this process; the values are the same).
     """
     run = run if isinstance(run, RunDir) else RunDir(run)
     full = config if isinstance(config, Config) else Config(estimate=config or EstimateConfig())
@@ -117,7 +119,10 @@ def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = 
     started = time.perf_counter()
     threads = set_threads(config.threads)
     features = load_features(run)
-    subset, problem = build_problem(features, config)
+    if cluster is not None:
+        from . import distributed
+    subset, problem = build_problem(features, config if cluster is None
+                                    else distributed.driver_config(config))
     checkpoint = _Checkpoint(run, _fingerprint(config, problem, subset))
     acc = checkpoint.load(config.episodes)
     resumed_from = acc.episodes if acc else 0
@@ -130,7 +135,10 @@ def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = 
             checkpoint.save(acc)
             bar.update(acc.episodes - bar.done)
 
-        acc = montecarlo.estimate_values(problem, acc, on_block=on_block)
+        if cluster is None:
+            acc = montecarlo.estimate_values(problem, acc, on_block=on_block)
+        else:
+            acc = distributed.estimate_values(problem, config, cluster, acc, on_block=on_block)
     seconds = time.perf_counter() - started
     result = Estimates(
         rows=subset.train_rows, labels=problem.sub_labels.copy(), mean=acc.mean,

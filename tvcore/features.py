@@ -215,13 +215,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
-            config: ExtractConfig | None = None, progress: bool | None = None) -> ExtractSummary:
+            config: ExtractConfig | None = None, progress: bool | None = None,
+            cluster=None) -> ExtractSummary:
     """Extract features of the train and val images into RUN/features/.
 
     train, val: class-folder roots or .csv manifests (val None: train holds
     train/ and val/, or is a manifest with a split column). progress: draw a
-    progress bar (None: when stderr is a terminal). Re-running resumes an
-    interrupted run and skips a finished one.
+    progress bar (None: when stderr is a terminal). cluster: a
+    tvcore.distributed.Cluster or distributed.Client to extract on (None:
+    this process). Re-running resumes an interrupted run and skips a finished one.
     """
     config = (config or ExtractConfig()).validate()
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -237,13 +239,19 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
     run.log(f"extract: model {model.name} ({model.sha256[:12]}), {len(dataset.train)} train and "
             f"{len(dataset.val)} val images, {len(dataset.classes)} classes")
     started = time.perf_counter()
-    with FeatureExtractor(model, config.batch_size, config.threads, config.decode_workers,
-                          config.max_pixels) as extractor:
-        writers = [_SplitWriter(run, split, dataset.classes, fingerprint, extractor.dim)
-                   for split in dataset.splits]
-        _run_splits(writers, extractor, progress)
+    if cluster is not None:
+        from .distributed import extract_on_cluster
+        writers, dim = extract_on_cluster(cluster, run, dataset, model, fingerprint, config,
+                                          progress)
+    else:
+        with FeatureExtractor(model, config.batch_size, config.threads, config.decode_workers,
+                              config.max_pixels) as extractor:
+            writers = [_SplitWriter(run, split, dataset.classes, fingerprint, extractor.dim)
+                       for split in dataset.splits]
+            _run_splits(writers, extractor, progress)
+        dim = extractor.dim
     seconds = time.perf_counter() - started
-    summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=extractor.dim,
+    summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=dim,
                              model=model.identity(), seconds=seconds,
                              splits={w.split.name: w.summary() for w in writers})
     _write_meta(run, summary, dataset, fingerprint, config.max_pixels)
@@ -352,7 +360,7 @@ class _SplitWriter:
         if self.state["complete"]:
             return range(0)
         if self.state["rows_done"] == 0 or not self.partial.exists():
-            self.state.update(rows_done=0, errors={})
+            self.state.update(rows_done=0, errors={}, shards_done=[])  # tvcore.distributed
             self.matrix = np.lib.format.open_memmap(
                 self.partial, mode="w+", dtype=np.float32, shape=(len(self.split), self.state["dim"]))
         else:

@@ -27,11 +27,14 @@ class CleanResult:
 
 
 def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
-          config: Config | None = None, progress: bool | None = None) -> CleanResult:
+          config: Config | None = None, progress: bool | None = None,
+          cluster=None) -> CleanResult:
     """Clean a weakly-labeled training set: all stages, artifacts in RUN.
 
     train, val: class-folder roots or CSV manifests (val None: train holds
-    train/ and val/). Each stage skips work an earlier run already finished.
+    train/ and val/). cluster: a tvcore.distributed.Cluster or
+    distributed.Client for the extract and estimate stages (None: this
+    process). Each stage skips work an earlier run already finished.
     """
     config = (config or Config()).validate()
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -44,8 +47,8 @@ def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
         seconds[name] = time.perf_counter() - start
         return value
 
-    extracted = timed("extract", extract, train, val, run, config.extract, progress)
-    estimates = timed("estimate", estimate, run, config, progress)
+    extracted = timed("extract", extract, train, val, run, config.extract, progress, cluster)
+    estimates = timed("estimate", estimate, run, config, progress, cluster)
     filtered = timed("filter", filter_run, run, config, progress)
     report = None
     if config.report.enabled:

@@ -1,0 +1,301 @@
+"""extract and estimate on a Dask LocalCluster (2 worker processes): the same results as the
+local path, bitwise; resumes, retries after a lost worker, clear errors, the CLI options."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import tvcore.distributed as dist
+import tvcore.features as features_module
+from imagefiles import write_bad_files, write_digit_tree
+from runfixtures import clustered_features, make_feature_run
+from tvclean.main import cli
+from tvcore import montecarlo
+from tvcore.config import EstimateConfig, ExtractConfig
+from tvcore.errors import TvcleanError
+from tvcore.estimate import estimate, load_estimates
+from tvcore.features import extract
+from tvcore.featureset import load_features
+
+pytestmark = pytest.mark.dask
+
+# batch_size 1: shards of SHARD_BATCHES rows, so each split has several shards.
+EXTRACT = ExtractConfig(batch_size=1, threads=1, decode_workers=1)
+ESTIMATE = EstimateConfig(episodes=12, per_class=25, val_per_class=6, lr=0.01, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One 2-process LocalCluster for the module; a task may kill at most 1 worker + retries."""
+    pytest.importorskip("distributed")  # first: dask.config.set needs its defaults loaded
+    import dask
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with dist.Cluster(workers=2) as shared:
+            shared.client.wait_for_workers(2)
+            yield shared
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digit_tree(root / "train", per_class=12)
+    write_digit_tree(root / "val", per_class=3, offset=20)
+    write_bad_files(root / "train" / "digit1" / "bad")  # 6 rows that fail on the workers too
+    return root
+
+
+TRAIN_ROWS, VAL_ROWS = 36 + 6, 9
+
+
+def all_shards() -> int:
+    rows = EXTRACT.batch_size * dist.SHARD_BATCHES
+    return sum(len(dist.shards_to_do(n, 0, [], rows)) for n in (TRAIN_ROWS, VAL_ROWS))
+
+
+@pytest.fixture(scope="module")
+def local_features(images, tmp_path_factory):
+    run = tmp_path_factory.mktemp("local")
+    extract(images, None, run, EXTRACT, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def feature_arrays():
+    rng = np.random.default_rng(3)
+    train, labels, _ = clustered_features(rng, 30, 3, 16, flip=0.2)
+    val, val_labels, _ = clustered_features(rng, 8, 3, 16)
+    return train, labels, val, val_labels
+
+
+def same_features(run_a, run_b) -> None:
+    a, b = load_features(run_a), load_features(run_b)
+    for split in ("train", "val"):
+        assert np.array_equal(getattr(a, split).features, getattr(b, split).features)
+        index = f"features/{split}_index.csv"
+        assert (run_a / index).read_text() == (run_b / index).read_text()
+    assert a.meta == b.meta
+
+
+def same_estimates(run_a, run_b) -> None:
+    a, b = load_estimates(run_a), load_estimates(run_b)
+    for name in ("rows", "val_rows", "mean", "count", "history", "history_episodes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.stderr, b.stderr, equal_nan=True)
+    assert a.episodes == b.episodes
+
+
+def test_extract_on_the_cluster_equals_local_bitwise(cluster, images, local_features, tmp_path):
+    summary = extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    same_features(local_features, tmp_path)
+    assert summary.splits["train"].images == TRAIN_ROWS and summary.splits["train"].failed == 6
+    assert all_shards() == 8
+    assert not list((tmp_path / "features").glob("*.partial"))
+    again = extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    assert again.up_to_date
+
+
+def test_interrupted_cluster_extract_resumes_without_redoing_shards(
+        cluster, images, local_features, tmp_path, monkeypatch):
+    write_shard, stored = dist._write_shard, []
+
+    def interrupt_after_three(writer, first, features, errors):
+        if len(stored) == 3:
+            raise KeyboardInterrupt
+        write_shard(writer, first, features, errors)
+        stored.append((writer.split.name, first, first + len(features)))
+
+    monkeypatch.setattr(dist, "_write_shard", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    record = json.loads((tmp_path / "features" / "train.progress.json").read_text())
+    recorded = record["rows_done"] + sum(b - a for a, b in record["shards_done"])
+    assert recorded == sum(b - a for name, a, b in stored if name == "train") > 0
+
+    monkeypatch.setattr(dist, "_write_shard", write_shard)
+    run_tasks, redone = dist.run_tasks, []
+    monkeypatch.setattr(dist, "run_tasks", lambda *args, names, **kw: redone.extend(names)
+                        or run_tasks(*args, names=names, **kw))
+    extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    for name, first, stop in stored:
+        assert f"{name} images {first}..{stop - 1}" not in " ".join(redone)
+    assert len(redone) == all_shards() - len(stored)
+    same_features(local_features, tmp_path)
+
+
+def test_a_local_restart_forgets_the_cluster_shards(cluster, images, local_features, tmp_path,
+                                                    monkeypatch):
+    """Local runs restart a split whose first rows are missing; shards recorded by a cluster run
+    must not be trusted afterwards, or a later cluster resume would skip rows never written."""
+    features = tmp_path / "features"
+    record = features / "train.progress.json"
+    write_shard = dist._write_shard
+
+    def stop_before_a_shard(writer, first, features, errors):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dist, "_write_shard", stop_before_a_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    state = json.loads(record.read_text())
+    state.update(rows_done=0, shards_done=[[8, 16]])  # a cluster run that finished one late shard
+    record.write_text(json.dumps(state))
+
+    write_batch = features_module._SplitWriter.write
+
+    def stop_after_a_batch(self, first, features, errors):
+        write_batch(self, first, features, errors)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(features_module._SplitWriter, "write", stop_after_a_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, None, tmp_path, EXTRACT, progress=False)
+    state = json.loads(record.read_text())
+    assert state["rows_done"] == 1 and state["shards_done"] == []
+
+    monkeypatch.setattr(features_module._SplitWriter, "write", write_batch)
+    monkeypatch.setattr(dist, "_write_shard", write_shard)
+    extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
+    same_features(local_features, tmp_path)
+
+
+@pytest.mark.parametrize("rows, rows_done, done, expected", [
+    (20, 0, [], [(0, 8), (8, 16), (16, 20)]),
+    (20, 3, [], [(3, 8), (8, 16), (16, 20)]),
+    (20, 0, [[8, 16]], [(0, 8), (16, 20)]),
+    (24, 8, [[16, 24], [0, 8]], [(8, 16)]),
+    (20, 20, [], []),
+])
+def test_shards_cover_exactly_the_rows_left(rows, rows_done, done, expected):
+    assert dist.shards_to_do(rows, rows_done, done, 8) == expected
+
+
+def test_estimate_on_the_cluster_equals_local_bitwise(cluster, feature_arrays, tmp_path):
+    local = make_feature_run(tmp_path / "local", *feature_arrays)
+    remote = make_feature_run(tmp_path / "remote", *feature_arrays)
+    estimate(local, ESTIMATE, progress=False)
+    estimate(remote, ESTIMATE, progress=False, cluster=cluster.client)  # a plain Client works too
+    same_estimates(local.root, remote.root)
+
+
+def test_cluster_continues_a_local_checkpoint_with_the_same_values(cluster, feature_arrays,
+                                                                   tmp_path):
+    config = EstimateConfig(**{**vars(ESTIMATE), "head": "mlp", "hidden": 5, "epochs": 2})
+    local = make_feature_run(tmp_path / "local", *feature_arrays)
+    mixed = make_feature_run(tmp_path / "mixed", *feature_arrays)
+    estimate(local, config, progress=False)
+    estimate(mixed, EstimateConfig(**{**vars(config), "episodes": 6}), progress=False)
+    resumed = estimate(mixed, config, progress=False, cluster=cluster)
+    assert resumed.episodes == 12
+    same_estimates(local.root, mixed.root)
+
+
+def test_a_lost_worker_is_replaced_and_the_values_do_not_change(cluster, feature_arrays):
+    train, labels, val, val_labels = feature_arrays
+    problem = montecarlo.MonteCarloProblem(train, labels, val, val_labels, 3, ESTIMATE)
+    expected = montecarlo.estimate_values(problem, block=1)
+    before = cluster.client.run(os.getpid)
+    killed = []
+
+    def kill_a_worker_once(acc):
+        if not killed:
+            killed.append(next(iter(before.values())))
+            os.kill(killed[0], signal.SIGKILL)
+
+    acc = dist.estimate_values(problem, ESTIMATE, cluster, block=1, on_block=kill_a_worker_once)
+    assert np.array_equal(acc.sums, expected.sums) and np.array_equal(acc.count, expected.count)
+    assert np.array_equal(acc.sums_sq, expected.sums_sq) and acc.episodes == 12
+    cluster.client.wait_for_workers(2)
+    assert killed[0] not in cluster.client.run(os.getpid).values()
+
+
+def test_a_task_that_keeps_failing_stops_with_a_clear_error(cluster):
+    with pytest.raises(TvcleanError, match=r"^square root 1 failed on the cluster after 2 "
+                                           r"retries: ValueError: math domain error$"):
+        list(dist.run_tasks(cluster, math.sqrt, [(4.0,), (-1.0,)],
+                            names=["square root 0", "square root 1"]))
+
+
+def test_a_task_that_keeps_killing_its_worker_stops_with_a_clear_error(cluster):
+    with pytest.raises(TvcleanError, match="^exit task failed: the workers running it died"):
+        list(dist.run_tasks(cluster, os._exit, [(1,)], names=["exit task"]))
+    cluster.client.wait_for_workers(2)
+
+
+def test_no_partial_estimates_are_written_when_a_task_fails(cluster, feature_arrays, tmp_path,
+                                                            monkeypatch):
+    run = make_feature_run(tmp_path / "run", *feature_arrays)
+
+    run_tasks = dist.run_tasks
+
+    def first_block_then_failure(cluster, fn, tasks, *shared, names, **kwargs):
+        yield from run_tasks(cluster, fn, tasks[:1], *shared, names=names[:1], **kwargs)
+        raise TvcleanError(f"{names[1]} failed on the cluster")
+
+    monkeypatch.setattr(dist, "run_tasks", first_block_then_failure)
+    with pytest.raises(TvcleanError, match="Monte-Carlo episodes 2..3 failed"):
+        estimate(run, ESTIMATE, progress=False, cluster=cluster)
+    assert not (run.root / "estimates" / "meta.json").exists()
+    with np.load(run.root / "estimates" / "checkpoint" / "state.npz") as state:
+        assert int(state["episodes"]) == 2  # the resume point
+
+
+def test_cli_estimate_on_a_scheduler_and_on_local_workers(cluster, feature_arrays, tmp_path):
+    runner = CliRunner()
+    options = ["--episodes", "6", "--per-class", "25", "--val-per-class", "6", "--lr", "0.01"]
+    address = cluster.client.scheduler.address
+    for name, extra in (("local", []), ("scheduler", ["--scheduler", address]),
+                        ("workers", ["--workers", "1"])):
+        make_feature_run(tmp_path / name, *feature_arrays)
+        result = runner.invoke(cli, ["estimate", str(tmp_path / name), *options, *extra])
+        assert result.exit_code == 0, result.output
+        assert "estimated 75 training-values over 6 episodes" in result.output
+    same_estimates(tmp_path / "local", tmp_path / "scheduler")
+    same_estimates(tmp_path / "local", tmp_path / "workers")
+
+
+def test_cli_clean_on_a_scheduler_equals_local(cluster, images, tmp_path):
+    runner = CliRunner()
+    options = ["--batch-size", "1", "--episodes", "4", "--per-class", "12", "--val-per-class", "3",
+               "--output", "none", "--no-report"]
+    address = cluster.client.scheduler.address
+    for name, extra in (("local", []), ("cluster", ["--scheduler", address])):
+        result = runner.invoke(cli, ["clean", str(images), "-o", str(tmp_path / name),
+                                     *options, *extra])
+        assert result.exit_code == 0, result.output
+    local, remote = (tmp_path / "local" / "training_values.csv").read_text(), \
+        (tmp_path / "cluster" / "training_values.csv").read_text()
+    assert local == remote and local.count("\n") == 1 + TRAIN_ROWS
+
+
+def test_cli_bad_scheduler_address_is_a_one_line_error(tmp_path, feature_arrays):
+    import dask
+    pytest.importorskip("distributed")
+    make_feature_run(tmp_path / "run", *feature_arrays)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(cli, ["estimate", str(tmp_path / "run"),
+                                          "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot connect to the Dask scheduler at "
+                                    "'tcp://127.0.0.1:9' (--scheduler): ")
+    assert result.output.count("\n") == 1
+
+
+def test_cli_scheduler_and_workers_together_are_refused(tmp_path):
+    result = CliRunner().invoke(cli, ["estimate", str(tmp_path), "--scheduler", "tcp://x:1",
+                                      "--workers", "2"])
+    assert result.exit_code == 1
+    assert "give either --scheduler (a running cluster) or --workers" in result.output
+
+
+def test_without_dask_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(TvcleanError, match=r"need Dask.*pip install 'tvclean\[dask\]'"):
+        dist.Cluster(workers=2).client
