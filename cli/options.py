@@ -55,9 +55,9 @@ def stage_options(section: str, helps: dict[str, str],
 
 config_file_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
-    help="TOML file with [extract], [estimate], [valuenet], [filter], [report] tables; "
-         "options given on the command line override it. Default: the run directory's "
-         "config.toml, if there is one.")
+    help="TOML file with [finetune], [extract], [estimate], [valuenet], [filter], [report] "
+         "tables; options given on the command line override it. Default: the run "
+         "directory's config.toml, if there is one.")
 
 
 def build_config(config_file: str | None, options: dict[str, Any],
@@ -101,5 +101,5 @@ def cluster_options(fn: Callable) -> Callable:
     return click.option(
         "--scheduler", "scheduler", default=None, metavar="ADDRESS",
         help="Run on the Dask cluster whose scheduler is at ADDRESS (e.g. tcp://10.0.0.5:8786; "
-             "needs tvclean[dask]). Images, model and run directory must be on storage every "
-             "worker reads at the same paths. [default: no cluster]")(fn)
+             "needs tvclean[dask]). Every worker must read the images (and a model given as a "
+             "path) at the same paths, e.g. on shared storage. [default: no cluster]")(fn)

@@ -299,3 +299,17 @@ def test_without_dask_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(TvcleanError, match=r"need Dask.*pip install 'tvclean\[dask\]'"):
         dist.Cluster(workers=2).client
+
+
+def test_each_local_worker_process_uses_its_share_of_the_cores(cluster):
+    client = cluster.client
+
+    def on_every_worker(plan):
+        return [client.submit(plan.on_this_worker, workers=[address], pure=False).result()
+                for address in client.nthreads()]
+
+    plan = cluster.thread_plan(0)
+    assert plan.processes_per_host == (("127.0.0.1", 2),)
+    share = max(1, dist._cores() // 2)
+    assert on_every_worker(plan) == [share, share]
+    assert on_every_worker(cluster.thread_plan(3)) == [3, 3]

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -84,12 +85,11 @@ class Cluster:
             processes=True, dashboard_address=":0", silence_logs=logging.ERROR)  # any free port
         return distributed.Client(self._local, set_as_default=False)
 
-    def task_threads(self, requested: int) -> int:
-        """Cores one task may use: `requested`, else a local worker's share of this machine
-        (0 on a remote cluster: all of the worker's cores)."""
-        if requested or not self._local:
-            return requested
-        return max(1, _cores() // (self.workers * self.threads_per_worker))
+    def thread_plan(self, requested: int) -> "ThreadPlan":
+        """How many cores each task may use: `requested`, or (0) its worker process's share
+        of the cores of its machine."""
+        hosts = Counter(_host(address) for address in self.client.nthreads())
+        return ThreadPlan(requested, tuple(sorted(hosts.items())))
 
     def slots(self) -> int:
         """Worker threads in the cluster now (at least 1)."""
@@ -132,6 +132,26 @@ def as_cluster(cluster: Any) -> Cluster:
         return Cluster(client=cluster)
     raise TypeError(f"cluster must be a tvcore.distributed.Cluster or a distributed.Client, "
                     f"got {type(cluster).__name__}")
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Cores per task: `requested`, else this machine's cores over its worker processes
+    (one kernel runs at a time in a process, so threads within a worker do not count)."""
+
+    requested: int
+    processes_per_host: tuple[tuple[str, int], ...]
+
+    def on_this_worker(self) -> int:
+        if self.requested:
+            return self.requested
+        host = _host(_dask().get_worker().address)
+        processes = dict(self.processes_per_host).get(host, 1)
+        return max(1, _cores() // processes)
+
+
+def _host(address: str) -> str:
+    return _dask().comm.get_address_host(address)
 
 
 def _cores() -> int:
@@ -251,12 +271,12 @@ def driver_config(config):
     return dataclasses.replace(config, memory_budget_mb=1)
 
 
-def _episode_block(data: ProblemData, threads: int, first: int, stop: int) -> np.ndarray:
+def _episode_block(data: ProblemData, plan: ThreadPlan, first: int, stop: int) -> np.ndarray:
     """On a worker: loss drops (E, epochs, N) of episodes first..stop-1."""
     from .estimate import set_threads
     from .montecarlo import run_episodes
     with _WORKER_LOCK:
-        set_threads(threads)
+        threads = set_threads(plan.on_this_worker())
         return run_episodes(data.problem(threads), first, stop)
 
 
@@ -281,9 +301,9 @@ def estimate_values(problem, config, cluster, acc=None, block: int | None = None
     client = cluster.client
     shared = client.scatter(data, broadcast=True, hash=False)
     try:
-        threads = cluster.task_threads(config.threads)
+        plan = cluster.thread_plan(config.threads)
         names = [f"Monte-Carlo episodes {first}..{stop - 1}" for first, stop in blocks]
-        for i, drops in run_tasks(cluster, _episode_block, blocks, shared, threads, names=names):
+        for i, drops in run_tasks(cluster, _episode_block, blocks, shared, plan, names=names):
             if blocks[i][0] != acc.episodes:
                 raise AssertionError(f"episode block {blocks[i]} folded out of order")
             acc.add(drops)
@@ -303,7 +323,7 @@ class ExtractSettings:
     model: str  # a known model name, or an absolute path to an .onnx file
     sha256: str  # the driver's model file: a worker with another file stops the run
     batch_size: int
-    threads: int
+    threads: ThreadPlan
     decode_workers: int
     max_pixels: int
 
@@ -321,9 +341,10 @@ def _worker_extractor(settings: ExtractSettings):
                 raise TvcleanError(f"model {settings.model} on worker {os.uname().nodename} has "
                                    f"sha256 {model.sha256[:12]}, the driver's "
                                    f"{settings.sha256[:12]}: every worker needs the same model")
+            threads = settings.threads.on_this_worker()
             _EXTRACTORS[settings] = FeatureExtractor(
-                model, settings.batch_size, settings.threads,
-                settings.decode_workers or max(1, settings.threads), settings.max_pixels)
+                model, settings.batch_size, threads, settings.decode_workers or threads,
+                settings.max_pixels)
         return _EXTRACTORS[settings]
 
 
@@ -356,7 +377,7 @@ def extract_settings(config, model, cluster: Cluster) -> ExtractSettings:
     if reference != config.model and not (config.model.endswith(".onnx") or os.sep in config.model):
         reference = config.model  # a model in the cache, by name: each worker's own cache
     return ExtractSettings(model=reference, sha256=model.sha256, batch_size=config.batch_size,
-                           threads=cluster.task_threads(config.threads),
+                           threads=cluster.thread_plan(config.threads),
                            decode_workers=config.decode_workers, max_pixels=config.max_pixels)
 
 

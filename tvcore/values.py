@@ -12,7 +12,9 @@ import numpy as np
 
 from . import montecarlo
 from .config import Config
-from .valuenet import ValueNet, can_fit, fit_valuenets
+from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
+
+ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
 
 
 @dataclass
@@ -56,12 +58,22 @@ def predict_values(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     for k in range(n_classes):
         class_rows = rows[labels[rows] == k]
         if k in nets:
-            values[class_rows] = nets[k].predict(features[class_rows])
+            values[class_rows] = _predict_rows(nets[k], features, class_rows)
         else:
             in_class = mc.labels == k
             values[class_rows] = mc.mean[in_class].mean() if in_class.any() else 0.0
             values[mc.rows[in_class]] = mc.mean[in_class]
     return values
+
+
+def _predict_rows(net: ValueNet, features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """net's predictions (len(rows),) for features[rows], read ROWS_PER_READ rows at a time
+    (features may be memory-mapped and larger than memory)."""
+    out = np.empty(rows.size)
+    for start in range(0, rows.size, ROWS_PER_READ):
+        part = rows[start:start + ROWS_PER_READ]
+        out[start:start + part.size] = net.predict(features[part])
+    return out
 
 
 def suggest_labels(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
@@ -71,12 +83,14 @@ def suggest_labels(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     if rows.size == 0 or not nets:
         return suggestion
     classes = np.array(sorted(nets))
-    x = features[rows]
-    scores = np.stack([nets[k].predict(x) for k in classes], axis=1)
-    scores[classes[None, :] == labels[rows][:, None]] = -np.inf
-    best = scores.argmax(axis=1)
-    good = scores[np.arange(rows.size), best] >= threshold
-    suggestion[good] = classes[best[good]]
+    for start in range(0, rows.size, ROWS_PER_READ):  # bounded memory for memory-mapped features
+        part = rows[start:start + ROWS_PER_READ]
+        x = features[part]
+        scores = np.stack([nets[k].predict(x) for k in classes], axis=1)
+        scores[classes[None, :] == labels[part][:, None]] = -np.inf
+        best = scores.argmax(axis=1)
+        good = scores[np.arange(part.size), best] >= threshold
+        suggestion[start + np.flatnonzero(good)] = classes[best[good]]
     return suggestion
 
 
