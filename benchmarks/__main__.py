@@ -10,6 +10,7 @@ BENCHMARKS = {
     "extract": "bench_extract",
     "montecarlo": "bench_montecarlo",
     "quality": "bench_quality",
+    "scale": "bench_scale",
 }
 
 
