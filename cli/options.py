@@ -55,9 +55,9 @@ def stage_options(section: str, helps: dict[str, str],
 
 config_file_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
-    help="TOML file with [extract], [estimate], [valuenet], [filter], [report] tables; "
-         "options given on the command line override it. Default: the run directory's "
-         "config.toml, if there is one.")
+    help="TOML file with [finetune], [extract], [estimate], [valuenet], [filter], [report] "
+         "tables; options given on the command line override it. Default: the run "
+         "directory's config.toml, if there is one.")
 
 
 def build_config(config_file: str | None, options: dict[str, Any],

@@ -38,6 +38,53 @@ def _check_choice(section: str, obj: Any, name: str, choices: tuple[str, ...]) -
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tuning the CNN on the weak training labels before extraction (`tvclean finetune`).
+
+    Defaults are the original Training-ValueNet's: SGD lr 1e-3, momentum 0.9,
+    Nesterov, weight decay 1e-4, batch 32, early stopping on validation
+    accuracy (min_delta 0.005, patience 1).
+    """
+
+    enabled: bool = False  # `tvclean clean`: fine-tune first, then extract with the result
+    model: str = "efficientnet-lite0"  # the ImageNet backbone: efficientnet-lite0 or resnet50
+    baseline: str = ""  # a previously fine-tuned .onnx: no training, extract with it
+    pretrained: bool = True  # start from ImageNet weights (false: random weights, for tests)
+    weights: str = ""  # local copy of the ImageNet weights (default: the package's / download)
+    input_size: int = 0  # training and export resolution (multiple of 32); 0 = the model's own
+    epochs: int = 20  # at most this many epochs; early stopping usually ends sooner
+    batch_size: int = 32
+    lr: float = 0.001  # SGD learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0001
+    min_delta: float = 0.005  # validation-accuracy gain that counts as an improvement
+    patience: int = 1  # epochs without improvement before stopping
+    augment: bool = True  # random resized crops (area 50-100%) and horizontal flips
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = all cores
+
+    def validate(self) -> "FinetuneConfig":
+        _check_choice("finetune", self, "model", ("efficientnet-lite0", "resnet50"))
+        _check_positive("finetune", self, "epochs", "batch_size", "patience")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            _fail("finetune", "lr", "must be a finite number > 0", self.lr)
+        for name in ("weight_decay", "min_delta"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                _fail("finetune", name, "must be a finite number >= 0", getattr(self, name))
+        if not 0 <= self.momentum < 1:
+            _fail("finetune", "momentum", "must be in [0, 1)", self.momentum)
+        if self.nesterov and self.momentum == 0:
+            _fail("finetune", "nesterov", "needs momentum > 0", self.nesterov)
+        if self.input_size != 0 and (self.input_size < 32 or self.input_size % 32):
+            _fail("finetune", "input_size", "must be 0 (the model's own) or a multiple of 32",
+                  self.input_size)
+        if self.threads < 0:
+            _fail("finetune", "threads", "must be >= 0", self.threads)
+        return self
+
+
+@dataclass
 class ExtractConfig:
     """Feature extraction (`tvclean extract`)."""
 
@@ -141,6 +188,7 @@ class ReportConfig:
 
 
 SECTIONS = {
+    "finetune": FinetuneConfig,
     "extract": ExtractConfig,
     "estimate": EstimateConfig,
     "valuenet": ValueNetConfig,
@@ -153,6 +201,7 @@ SECTIONS = {
 class Config:
     """The configuration of all stages."""
 
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     estimate: EstimateConfig = field(default_factory=EstimateConfig)
     valuenet: ValueNetConfig = field(default_factory=ValueNetConfig)

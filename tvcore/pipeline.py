@@ -1,7 +1,8 @@
-"""`clean`: every stage in one call (extract, estimate, filter, report)."""
+"""`clean`: every stage in one call ([finetune,] extract, estimate, filter, report)."""
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from .config import SECTIONS, Config
 from .estimate import Estimates, estimate
 from .features import ExtractSummary, extract
 from .filtering import FilterResult, filter_run
+from .finetune import FinetuneResult, finetune
 from .rundir import RunDir
 from .splitdata import check_outside_inputs
 
@@ -24,6 +26,7 @@ class CleanResult:
     filter: FilterResult
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    finetune: FinetuneResult | None = None  # with config.finetune.enabled or .baseline
 
 
 def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
@@ -34,7 +37,9 @@ def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
     train, val: class-folder roots or CSV manifests (val None: train holds
     train/ and val/). cluster: a tvcore.distributed.Cluster or
     distributed.Client for the extract and estimate stages (None: this
-    process). Each stage skips work an earlier run already finished.
+    process). Each stage skips work an earlier run already finished. With
+    config.finetune.enabled (or .baseline) the CNN is fine-tuned first (or the
+    baseline loaded) and features are extracted with the result.
     """
     config = (config or Config()).validate()
     run = run if isinstance(run, RunDir) else RunDir(run)
@@ -47,6 +52,11 @@ def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
         seconds[name] = time.perf_counter() - start
         return value
 
+    tuned = None
+    if config.finetune.enabled or config.finetune.baseline:
+        config = copy.deepcopy(config)  # extract.model becomes the fine-tuned file
+        tuned = timed("finetune", finetune, train, val, run, config, progress)
+        config.extract.model = str(tuned.model_path)
     extracted = timed("extract", extract, train, val, run, config.extract, progress, cluster)
     estimates = timed("estimate", estimate, run, config, progress, cluster)
     filtered = timed("filter", filter_run, run, config, progress)
@@ -58,4 +68,4 @@ def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
     run.save_config(config, list(SECTIONS))
     run.log("clean: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return CleanResult(run=run.root, extract=extracted, estimates=estimates, filter=filtered,
-                       report=report, seconds=seconds)
+                       report=report, seconds=seconds, finetune=tuned)
