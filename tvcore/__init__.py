@@ -4,6 +4,7 @@ The stage functions are imported on first use, so `import tvcore` stays light:
 
     import tvcore
     tvcore.clean("data/train", "data/val", "runs/1")          # every stage
+    tvcore.finetune(...)  # optional: fine-tune the CNN first (torch extra)
     tvcore.extract(...); tvcore.estimate(run); tvcore.filter_run(run); tvcore.write_report(run)
     tvcore.evaluate(run, "truth.csv")
     tvcore.training_values(train_x, train_y, val_x, val_y)   # the algorithm on arrays
@@ -20,6 +21,7 @@ from .config import (  # noqa: E402
     EstimateConfig,
     ExtractConfig,
     FilterConfig,
+    FinetuneConfig,
     ReportConfig,
     ValueNetConfig,
 )
@@ -29,6 +31,7 @@ from .rundir import RunDir  # noqa: E402
 # name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
     "extract": "features",
+    "finetune": "finetune",
     "estimate": "estimate",
     "load_estimates": "estimate",
     "filter_run": "filtering",
@@ -52,6 +55,6 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Config", "EstimateConfig", "ExtractConfig", "FilterConfig", "ReportConfig",
+    "Config", "EstimateConfig", "ExtractConfig", "FilterConfig", "FinetuneConfig", "ReportConfig",
     "ValueNetConfig", "TvcleanError", "RunDir", *_LAZY,
 ]

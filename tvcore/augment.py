@@ -21,7 +21,8 @@ CROP_AREA = (0.5, 1.0)  # fraction of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height
 
 
-def random_box(rng: np.random.Generator, width: int, height: int) -> tuple[float, float, float, float]:
+def random_box(rng: np.random.Generator, width: int, height: int
+               ) -> tuple[float, float, float, float]:
     """A random crop (left, top, right, bottom) in pixels of a width x height image.
 
     The area is drawn uniformly from CROP_AREA, the aspect ratio log-uniformly

@@ -82,7 +82,9 @@ class FinetuneResult:
 
     @property
     def best_val_accuracy(self) -> float | None:
-        return None if self.best_epoch is None else self.history[self.best_epoch - 1]["val_accuracy"]
+        if self.best_epoch is None:
+            return None
+        return self.history[self.best_epoch - 1]["val_accuracy"]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -383,7 +385,8 @@ class _Training:
                 images, labels = self._usable(split, rows, decoded)
                 if len(labels):
                     batch_loss, batch_correct = self.trainer.score(images, labels)
-                    loss, correct, seen = loss + batch_loss, correct + batch_correct, seen + len(labels)
+                    loss, correct = loss + batch_loss, correct + batch_correct
+                    seen += len(labels)
                 bar.update(len(rows))
         if seen == 0:
             raise TvcleanError(f"no validation image could be decoded ({split.source})")
@@ -430,9 +433,8 @@ class _Training:
             if isinstance(image, str):
                 self.state["failed"].setdefault(split.paths[rows[i]], image)
         if not good:
-            return np.zeros((0, 3, self.prep.size, self.prep.size), np.float32), np.zeros(0, np.int64)
-        return (np.stack([decoded[i] for i in good]),
-                split.labels[rows[good]].astype(np.int64))
+            return np.zeros((0,), np.float32), np.zeros(0, np.int64)
+        return np.stack([decoded[i] for i in good]), split.labels[rows[good]].astype(np.int64)
 
     def _checkpoint(self) -> None:
         self.ft.save_state(self.folder / "checkpoint.pt", {**self.trainer.state(), **self.state})
