@@ -49,18 +49,15 @@ def default_config() -> Config:
 
 
 def original_config(per_class: int = 1000) -> Config:
-    """The original algorithm: linear head, SGD lr 1e-3, 100 episodes of 1 epoch, S per class,
-    the original's regressors (raw targets, MAE, Adam 1e-3, dropout 0.5), threshold 0.
+    """The original algorithm (`--preset original`) with S examples per class in the subset:
+    linear head, SGD lr 1e-3, 100 episodes over the whole subset, raw features, the
+    original's regressors (raw targets, MAE, Adam 1e-3, dropout 0.5), value < 0.
 
     A class with more than `per_class` noisy images gets a random subset of
     them in the Monte-Carlo phase; its other images are valued by its regressor.
     """
-    config = Config()
-    estimate = config.estimate
-    estimate.head, estimate.lr, estimate.episodes, estimate.epochs = "linear", 1e-3, 100, 1
-    estimate.per_class = per_class
-    config.valuenet.target_scale = "none"  # the original trains on the raw, ~1e-3 values
-    config.filter.threshold = 0.0
+    config = Config.preset("original")
+    config.estimate.per_class = per_class
     return config
 
 
@@ -70,7 +67,7 @@ def tvclean_method(make_config: Callable[[], Config]) -> Method:
         config = make_config()
         config.estimate.seed = config.valuenet.seed = seed
         result = training_values(train_X, noisy_y, val_X, val_y, config)
-        return result.dirty, result.values
+        return result.dirty, result.scores  # ranked by the number the decision used
     return run
 
 

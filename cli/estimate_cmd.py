@@ -14,8 +14,11 @@ from .options import (build_config, cluster_options, config_file_option, split_o
 
 ESTIMATE_HELP = {
     "episodes": "Number of Monte-Carlo episodes (fresh heads trained from scratch).",
-    "epochs": "Passes over the subset in each episode.",
+    "epochs": "Passes over the episode's examples in each episode.",
+    "episode_per_class": "Examples of each class one episode trains on: 0 = as many as the "
+                         "smallest class has (balanced), -1 = the whole subset (the original).",
     "lr": "SGD learning rate of the batch-size-1 steps.",
+    "feature_norm": "Features given to the heads: center-l2 (centred, unit length) or none (raw).",
     "per_class": "Training examples per class in the Monte-Carlo subset.",
     "val_per_class": "Validation examples per class used for the loss.",
     "head": "Classification head trained in each episode.",
@@ -26,7 +29,8 @@ ESTIMATE_HELP = {
     "checkpoint_every": "Episodes between checkpoints (resume points).",
     "memory_budget_mb": "Memory for the Gram matrix; above it, it is computed in blocks.",
 }
-ESTIMATE_CHOICES = {"head": ("linear", "mlp"), "dtype": ("float32", "float64")}
+ESTIMATE_CHOICES = {"head": ("linear", "mlp"), "dtype": ("float32", "float64"),
+                    "feature_norm": ("center-l2", "none")}
 
 
 @click.command("estimate")

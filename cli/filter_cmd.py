@@ -10,12 +10,18 @@ from .common import echo_json, info, user_errors
 from .options import build_config, config_file_option, split_options, stage_options
 
 FILTER_HELP = {
-    "threshold": "Images whose predicted training-value is below this are discarded.",
+    "threshold": "Images whose score (value + z x standard error) is below this are discarded.",
+    "confidence_z": "z in the score: discard only images confidently below the threshold "
+                    "(0 = the bare value, as the original).",
+    "decide_by": "For images in the Monte-Carlo subset, decide by their own estimate (mc) or "
+                 "by the value net's prediction (valuenet, as the original).",
     "output": "How clean/ and dirty/ are written: copies, hard links, symbolic links, "
               "or none (training_values.csv only).",
-    "prefix_values": "Prefix output file names with their predicted value, as the original.",
+    "prefix_values": "Prefix output file names with their score, as the original did with "
+                     "its value.",
 }
-FILTER_CHOICES = {"output": ("copy", "hardlink", "symlink", "none")}
+FILTER_CHOICES = {"output": ("copy", "hardlink", "symlink", "none"),
+                  "decide_by": ("mc", "valuenet")}
 VALUENET_HELP = {
     "loss": "Loss of the value-net regressors.",
     "target_scale": "Scale each class's targets by its mean |value| before training.",

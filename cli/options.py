@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from tvcore.config import SECTIONS, Config, set_options
+from tvcore.config import PRESETS, SECTIONS, Config, set_options
 
 
 def _default(section: str, name: str) -> Any:
@@ -53,22 +53,41 @@ def stage_options(section: str, helps: dict[str, str],
     return decorate
 
 
-config_file_option = click.option(
+def _remember_preset(ctx: click.Context, param: click.Parameter, value: str | None):
+    ctx.meta["tvclean.preset"] = value
+
+
+_preset_option = click.option(
+    "--preset", type=click.Choice(sorted(PRESETS)), default=None, expose_value=False,
+    callback=_remember_preset, is_eager=True,
+    help="Start from a preset: default (tvclean's best measured settings) or original "
+         "(the original Training-ValueNet algorithm); --config and options override it.")
+_config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="TOML file with [finetune], [extract], [estimate], [valuenet], [filter], [report] "
          "tables; options given on the command line override it. Default: the run "
          "directory's config.toml, if there is one.")
 
 
+def config_file_option(fn: Callable) -> Callable:
+    """--config FILE and --preset NAME."""
+    return _preset_option(_config_option(fn))
+
+
 def build_config(config_file: str | None, options: dict[str, Any],
                  run: str | None = None) -> Config:
     """Config from the TOML file, overridden by the options that were given.
 
-    Without --config, a run directory's own config.toml (the settings its
-    stages last ran with) is the base, so re-running one stage keeps them.
+    The base is --preset (then --config on top of it), else --config, else a run
+    directory's own config.toml (the settings its stages last ran with, so
+    re-running one stage keeps them), else the defaults.
     """
+    context = click.get_current_context(silent=True)
+    preset = context.meta.get("tvclean.preset") if context else None
     if config_file:
-        config = Config.from_toml(config_file)
+        config = Config.from_toml(config_file, preset)
+    elif preset:
+        config = Config.preset(preset)
     elif run and (Path(run) / "config.toml").exists():
         config = Config.from_toml(Path(run) / "config.toml")
     else:

@@ -22,11 +22,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def naive_linear_deltas(x_sub, y_sub, x_val, y_val, init_weights, order, lr):
-    """Loss drops (epochs, N) of a linear softmax head W (K, D), zero bias."""
+    """Loss drops (epochs, N) of a linear softmax head W (K, D), zero bias.
+
+    order (epochs, L) lists the examples visited; unvisited examples get NaN.
+    """
     x_sub, x_val = np.float64(x_sub), np.float64(x_val)
     w = np.array(init_weights, dtype=np.float64)
     b = np.zeros(w.shape[0])
-    deltas = np.zeros(order.shape)
+    deltas = np.full((order.shape[0], len(x_sub)), np.nan)
     for epoch in range(order.shape[0]):
         for i in order[epoch]:
             before = mean_cross_entropy(x_val @ w.T + b, y_val)
@@ -48,7 +51,7 @@ def naive_mlp_deltas(x_sub, y_sub, x_val, y_val, init_w1, init_w2, order, lr):
     def val_loss():
         return mean_cross_entropy(np.maximum(x_val @ w1.T + b1, 0) @ w2.T + b2, y_val)
 
-    deltas = np.zeros(order.shape)
+    deltas = np.full((order.shape[0], len(x_sub)), np.nan)
     for epoch in range(order.shape[0]):
         for i in order[epoch]:
             before = val_loss()

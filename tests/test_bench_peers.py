@@ -192,6 +192,8 @@ def test_original_config_is_the_original_algorithm():
     assert (net.hidden, net.dropout, net.lr, net.loss, net.target_scale) == (100, 0.5, 1e-3, "mae",
                                                                            "none")
     assert config.filter.threshold == 0.0
+    assert (est.episode_per_class, est.feature_norm) == (-1, "none")  # whole subset, raw
+    assert (config.filter.confidence_z, config.filter.decide_by) == (0.0, "valuenet")
 
 
 def test_unknown_method_is_a_clear_error():

@@ -33,7 +33,7 @@ def estimated_run(tmp_path):
     ok[7] = False
     run = make_feature_run(tmp_path / "run", train, labels, val, val_labels,
                            ["cat", "dog", "eel"], train_ok=ok, data_root=tmp_path / "data")
-    estimate(run, EstimateConfig(episodes=10, lr=0.005), progress=False)
+    estimate(run, EstimateConfig(episodes=30), progress=False)
     run.flipped = flipped
     return run
 
@@ -50,13 +50,16 @@ def test_filter_writes_values_decisions_and_copies(estimated_run, tmp_path):
     assert result.counts["clean"] + result.counts["dirty"] == 299
     rows = load_training_values(estimated_run)
     assert len(rows) == 300 and rows[7]["decision"] == "error" and rows[7]["predicted_value"] == ""
-    for row, value, decision in zip(rows, result.values, result.decisions):
+    for row, value, score, decision in zip(rows, result.values, result.scores,
+                                           result.decisions):
         assert row["decision"] == decision
         if decision != "error":
-            assert float(row["predicted_value"]) == value
-            assert (value < 0) == (decision == "dirty")
+            assert float(row["predicted_value"]) == value and float(row["score"]) == score
+            assert (score < 0) == (decision == "dirty")
+            # decided by its own Monte-Carlo estimate, one-sided at 1.25 standard errors
+            assert score == pytest.approx(float(row["mc_value"]) + 1.25 * float(row["mc_stderr"]))
     in_subset = [r for r in rows if r["mc_count"]]
-    assert len(in_subset) == 299 and all(int(r["mc_count"]) == 10 for r in in_subset)
+    assert len(in_subset) == 299 and all(1 <= int(r["mc_count"]) <= 30 for r in in_subset)
     clean = sorted(p.name for p in (estimated_run.root / "clean").rglob("*.png"))
     dirty = sorted(p.name for p in (estimated_run.root / "dirty").rglob("*.png"))
     assert len(clean) == result.counts["clean"] and len(dirty) == result.counts["dirty"]

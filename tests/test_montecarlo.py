@@ -41,18 +41,24 @@ def _naive_block(problem, sub, sub_labels, val, val_labels, first, stop):
 
 
 def _max_relative_error(got, ref):
-    return np.max(np.abs(got - ref)) / np.max(np.abs(ref))
+    """Largest difference relative to the largest drop; unvisited (NaN) entries must agree."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    return np.nanmax(np.abs(got - ref)) / np.nanmax(np.abs(ref))
 
 
+ALL = dict(episode_per_class=-1)  # every subset example in every episode (the original)
 CASES = [
     # class sizes, val sizes, dim, options
-    ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.01)),
-    ((9, 3), (2, 6), 20, dict(head="linear", lr=0.05, epochs=3)),  # K=2, epochs > 1
-    ((1, 1, 1), (3, 2, 1), 8, dict(head="linear", lr=0.1)),  # S=1
-    ((10, 2, 6, 1), (5, 5, 2, 3), 15, dict(head="linear", lr=0.02, epochs=2)),
-    ((6, 4, 5), (3, 4, 2), 10, dict(head="mlp", hidden=7, lr=0.05)),
-    ((8, 3), (4, 2), 16, dict(head="mlp", hidden=12, lr=0.1, epochs=2)),  # K=2
-    ((1, 1), (2, 1), 6, dict(head="mlp", hidden=5, lr=0.2)),  # S=1
+    ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.01, **ALL)),
+    ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.5)),  # balanced: 5 of each class
+    ((9, 3), (2, 6), 20, dict(head="linear", lr=0.05, epochs=3, **ALL)),  # K=2, epochs > 1
+    ((9, 3), (2, 6), 20, dict(head="linear", lr=1.0, epochs=2, episode_per_class=4)),
+    ((1, 1, 1), (3, 2, 1), 8, dict(head="linear", lr=0.1, **ALL)),  # S=1
+    ((10, 2, 6, 1), (5, 5, 2, 3), 15, dict(head="linear", lr=0.02, epochs=2, **ALL)),
+    ((6, 4, 5), (3, 4, 2), 10, dict(head="mlp", hidden=7, lr=0.05, **ALL)),
+    ((6, 4, 5), (3, 4, 2), 10, dict(head="mlp", hidden=7, lr=0.05, episode_per_class=3)),
+    ((8, 3), (4, 2), 16, dict(head="mlp", hidden=12, lr=0.1, epochs=2, **ALL)),  # K=2
+    ((1, 1), (2, 1), 6, dict(head="mlp", hidden=5, lr=0.2, **ALL)),  # S=1
 ]
 
 
@@ -110,7 +116,10 @@ def test_values_do_not_depend_on_threads_or_block_size():
     many = montecarlo.estimate_values(problem, block=4)
     np.testing.assert_array_equal(one.mean, many.mean)
     np.testing.assert_array_equal(one.stderr, many.stderr)
-    assert one.count.tolist() == [6] * 90
+    # Balanced episodes: 20 examples of each class (the smallest class's size) per episode.
+    labels = problem.sub_labels
+    assert [int(one.count[labels == k].sum()) for k in range(3)] == [6 * 20] * 3
+    assert one.count[labels == 2].tolist() == [6] * 20
 
 
 def test_accumulator_mean_stderr_and_count():
@@ -175,3 +184,17 @@ def test_non_finite_features_are_reported_by_path():
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(TvcleanError, match=message):
         EstimateConfig(**options).validate()
+
+
+def test_episode_sizes_balanced_all_and_fixed():
+    rng = np.random.default_rng(3)
+    sizes = dict()
+    for per_class in (0, -1, 25):
+        problem, *_ = _problem(rng, (40, 30, 20), (5, 5, 5), 4, episode_per_class=per_class)
+        sizes[per_class] = problem.episode_length
+        streams = montecarlo.episode_streams(problem, 0, 2)
+        counts = np.bincount(problem.sub_labels[streams.orders[0, 0]], minlength=3)
+        assert streams.orders.shape == (2, 1, problem.episode_length)
+        assert len(set(streams.orders[0, 0].tolist())) == problem.episode_length
+        assert counts.tolist() == {0: [20, 20, 20], -1: [40, 30, 20], 25: [25, 25, 20]}[per_class]
+    assert sizes == {0: 60, -1: 90, 25: 70}

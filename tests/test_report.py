@@ -122,16 +122,15 @@ def _grid_paths(page: str, label: int, kind: str) -> list[str]:
 
 def test_thumbnails_are_the_extreme_images(report):
     for label, name in enumerate(CLASSES):
-        mine = [r for r in report.rows if r["class_name"] == name and r["predicted_value"]]
-        mine.sort(key=lambda r: float(r["predicted_value"]))
+        mine = [r for r in report.rows if r["class_name"] == name and r["score"]]
+        mine.sort(key=lambda r: float(r["score"]))
         assert _grid_paths(report.html, label, "lowest") == [r["path"] for r in
                                                              mine[:THUMBNAILS]]
         assert _grid_paths(report.html, label, "highest") == [r["path"] for r in
                                                               mine[::-1][:THUMBNAILS]]
     assert report.html.count('<figure class="thumb') == 2 * THUMBNAILS * len(CLASSES)
-    lowest = float(min((r for r in report.rows if r["class_name"] == "cat" and
-                        r["predicted_value"]), key=lambda r: float(r["predicted_value"]))
-                   ["predicted_value"])
+    lowest = float(min((r for r in report.rows if r["class_name"] == "cat" and r["score"]),
+                       key=lambda r: float(r["score"]))["score"])
     assert f"{lowest:+.2e}<br>" in _grid(report.html, 0, "lowest")
 
 

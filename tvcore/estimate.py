@@ -19,10 +19,12 @@ import numpy as np
 
 from . import montecarlo
 from .config import Config, EstimateConfig
+from .featurenorm import FeatureView
 from .featureset import FeatureSet, load_features
 from .progress import Progress
 from .rundir import (RunDir, atomic_save_npy, atomic_save_npz, atomic_write_csv,
                      atomic_write_json, load_npy, read_json)
+from .values import check_converged, feature_center
 
 # Changing these does not change the values, so a checkpoint stays valid.
 _RESUMABLE_OPTIONS = ("episodes", "threads", "checkpoint_every", "memory_budget_mb")
@@ -43,6 +45,7 @@ class Estimates:
     history_episodes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    center: np.ndarray | None = None  # (D,) feature-normalisation centre; None: raw features
 
 
 def set_threads(threads: int) -> int:
@@ -54,16 +57,22 @@ def set_threads(threads: int) -> int:
 
 
 def build_problem(features: FeatureSet, config: EstimateConfig):
-    """Select the subset of a run's features and build the Monte-Carlo problem."""
+    """Select the subset of a run's features and build the Monte-Carlo problem.
+
+    Returns (subset, problem, center): center is the feature-normalisation
+    centre (None for raw features).
+    """
     train, val = features.train, features.val
     subset = montecarlo.select_subset(train.labels, val.labels, features.n_classes, config,
                                       train.ok_rows, val.ok_rows, features.class_names)
     montecarlo.check_finite(train.features, subset.train_rows, "training", train.paths)
     montecarlo.check_finite(val.features, subset.val_rows, "validation", val.paths)
+    center = feature_center(train.features, train.ok_rows, config)
     problem = montecarlo.MonteCarloProblem(
-        train.features[subset.train_rows], train.labels[subset.train_rows],
-        val.features[subset.val_rows], val.labels[subset.val_rows], features.n_classes, config)
-    return subset, problem
+        FeatureView(train.features, center)[subset.train_rows], train.labels[subset.train_rows],
+        FeatureView(val.features, center)[subset.val_rows], val.labels[subset.val_rows],
+        features.n_classes, config)
+    return subset, problem, center
 
 
 def _fingerprint(config: EstimateConfig, problem, subset) -> str:
@@ -121,7 +130,7 @@ def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = 
     features = load_features(run)
     if cluster is not None:
         from . import distributed
-    subset, problem = build_problem(features, config if cluster is None
+    subset, problem, center = build_problem(features, config if cluster is None
                                     else distributed.driver_config(config))
     checkpoint = _Checkpoint(run, _fingerprint(config, problem, subset))
     acc = checkpoint.load(config.episodes)
@@ -139,13 +148,14 @@ def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = 
             acc = montecarlo.estimate_values(problem, acc, on_block=on_block)
         else:
             acc = distributed.estimate_values(problem, config, cluster, acc, on_block=on_block)
+    check_converged(acc.mean, config.lr)
     seconds = time.perf_counter() - started
     result = Estimates(
         rows=subset.train_rows, labels=problem.sub_labels.copy(), mean=acc.mean,
         stderr=acc.stderr, count=acc.count, val_rows=subset.val_rows, episodes=acc.episodes,
         history=np.array(checkpoint.history, np.float32).reshape(-1, problem.n_sub),
         history_episodes=np.array(checkpoint.history_episodes, np.int64),
-        warnings=subset.warnings, seconds=seconds)
+        warnings=subset.warnings, seconds=seconds, center=center)
     _write(run, result, features, config, threads, resumed_from)
     run.save_config(full, ["estimate"])
     run.log(f"estimate: {result.episodes} episodes x {problem.n_sub} examples, "
@@ -160,6 +170,10 @@ def _write(run: RunDir, est: Estimates, features: FeatureSet, config: EstimateCo
     out.mkdir(parents=True, exist_ok=True)
     for name in ("rows", "val_rows", "mean", "stderr", "count", "history", "history_episodes"):
         atomic_save_npy(out / f"{_FILES.get(name, name)}.npy", getattr(est, name))
+    if est.center is None:
+        (out / CENTER_FILE).unlink(missing_ok=True)
+    else:
+        atomic_save_npy(out / CENTER_FILE, est.center)
     paths, names = features.train.paths, features.class_names
     atomic_write_csv(out / "values.csv", ("path", "label", "class_name", "mc_value", "stderr",
                                           "count"),
@@ -173,6 +187,7 @@ def _write(run: RunDir, est: Estimates, features: FeatureSet, config: EstimateCo
         "steps": steps, "resumed_from": resumed_from, "warnings": est.warnings})
 
 
+CENTER_FILE = "feature_center.npy"  # present when the features were normalised
 # Artifact names (see tvcore.rundir) for the Estimates fields that differ.
 _FILES = {"rows": "subset", "val_rows": "val_subset"}
 
@@ -187,6 +202,7 @@ def load_estimates(run: str | Path | RunDir) -> Estimates:
                            "history_episodes")}
     meta = read_json(out / "meta.json")
     features_labels = load_features(run).train.labels
+    center = load_npy(out / CENTER_FILE) if (out / CENTER_FILE).exists() else None
     return Estimates(labels=features_labels[arrays["rows"]], episodes=int(meta["episodes"]),
                      warnings=list(meta.get("warnings", [])), seconds=float(meta["seconds"]),
-                     **arrays)
+                     center=center, **arrays)

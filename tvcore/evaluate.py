@@ -223,8 +223,10 @@ def load_training_values(run: RunDir) -> _TrainingValues:
             raise TvcleanError(f"{path} line {line}: decision must be one of "
                                f"{', '.join(DECISIONS)}, got {decision!r}")
         labels.append(_parse_int(row["label"], path, line, "label"))
+        # Rank by the number the decision used: the score where the CSV has one.
+        column = "score" if row.get("score") else "predicted_value"
         values.append(math.nan if decision == "error"
-                      else _parse_finite(row["predicted_value"], path, line))
+                      else _parse_finite(row[column], path, line, column))
         decisions.append(decision)
     decisions = np.array(decisions, dtype=object)
     return _TrainingValues(
@@ -262,13 +264,13 @@ def _parse_int(text: str, path: Path, line: int, column: str) -> int:
         raise TvcleanError(f"{path} line {line}: {column} must be an integer, got {text!r}") from None
 
 
-def _parse_finite(text: str, path: Path, line: int) -> float:
+def _parse_finite(text: str, path: Path, line: int, column: str = "predicted_value") -> float:
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise TvcleanError(f"{path} line {line}: predicted_value must be a finite number, "
+        raise TvcleanError(f"{path} line {line}: {column} must be a finite number, "
                            f"got {text!r}")
     return value
 

@@ -20,10 +20,12 @@ from .featureset import FeatureSet, load_features
 from .rundir import RunDir, atomic_write_csv, read_csv
 from .splitdata import check_outside_inputs, relative_name, write_split_dataset
 from .valuenet import ValueNet, load_valuenets, save_valuenets
-from .values import fit_class_valuenets, predict_values, suggest_labels
+from .featurenorm import FeatureView
+from .values import decision_scores, fit_class_valuenets, predict_values, suggest_labels
 
+# score: the number the decision compares with the threshold (see values.decision_scores)
 TRAINING_VALUES_HEADER = ("path", "label", "class_name", "predicted_value", "mc_value",
-                          "mc_stderr", "mc_count", "decision", "suggested_label")
+                          "mc_stderr", "mc_count", "score", "decision", "suggested_label")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class FilterResult:
     """Predicted values and decisions of every training image (aligned with train_index.csv)."""
 
     values: np.ndarray  # (n,) float64 predicted training-value, NaN for unreadable images
+    scores: np.ndarray  # (n,) float64 decision score (value + z x stderr), NaN likewise
     decisions: list[str]  # "clean", "dirty" or "error"
     suggested: list[str]  # suggested class name for dirty images ("" if none)
     counts: dict[str, int]
@@ -41,29 +44,32 @@ class FilterResult:
 
 def _fingerprint(est: Estimates, config: Config) -> str:
     digest = hashlib.sha256(json.dumps(vars(config.valuenet), sort_keys=True).encode())
-    for array in (est.rows, est.mean):
+    for array in (est.rows, est.mean, np.zeros(0) if est.center is None else est.center):
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
 def train_valuenets(run: RunDir, features: FeatureSet, est: Estimates, config: Config,
                     warnings: list[str]) -> dict[int, ValueNet]:
-    """One regressor per class from its MC estimates; reused if RUN/valuenets is up to date."""
+    """One regressor per class from its MC estimates; reused if RUN/valuenets is up to date.
+
+    The nets see the features as the Monte-Carlo heads did (normalised if they were).
+    """
     fingerprint = _fingerprint(est, config)
     if (run.valuenets / "meta.json").exists():
         nets, meta = load_valuenets(run.valuenets)
         if meta.get("fingerprint") == fingerprint:
             return nets
-    nets = fit_class_valuenets(features.train.features, est, features.class_names, config,
-                               warnings)
+    nets = fit_class_valuenets(FeatureView(features.train.features, est.center), est,
+                               features.class_names, config, warnings)
     save_valuenets(run.valuenets, nets, {"fingerprint": fingerprint,
                                          "classes": features.class_names,
                                          "config": vars(config.valuenet)})
     return nets
 
 
-def decide(values: np.ndarray, threshold: float) -> list[str]:
-    return ["error" if np.isnan(v) else ("dirty" if v < threshold else "clean") for v in values]
+def decide(scores: np.ndarray, threshold: float) -> list[str]:
+    return ["error" if np.isnan(v) else ("dirty" if v < threshold else "clean") for v in scores]
 
 
 def _per_class(features: FeatureSet, decisions: list[str]) -> dict[str, dict[str, int]]:
@@ -81,12 +87,16 @@ def _write_training_values(run: RunDir, features: FeatureSet, est: Estimates,
     def rows():
         for i, (path, label) in enumerate(zip(train.paths, train.labels)):
             m, s, c = mc.get(i, ("", "", ""))
-            value = "" if np.isnan(result.values[i]) else repr(float(result.values[i]))
-            yield (path, int(label), names[label], value,
+            yield (path, int(label), names[label], _number(result.values[i]),
                    "" if m == "" else repr(float(m)), "" if s == "" else repr(float(s)),
-                   c if c == "" else int(c), result.decisions[i], result.suggested[i])
+                   c if c == "" else int(c), _number(result.scores[i]), result.decisions[i],
+                   result.suggested[i])
 
     atomic_write_csv(run.training_values, TRAINING_VALUES_HEADER, rows())
+
+
+def _number(value: float) -> str:
+    return "" if np.isnan(value) else repr(float(value))
 
 
 def _split_items(features: FeatureSet, result: FilterResult, prefix_values: bool):
@@ -100,7 +110,7 @@ def _split_items(features: FeatureSet, result: FilterResult, prefix_values: bool
         class_name = features.class_names[label]
         name = relative_name(path, class_name, roots)
         if prefix_values:
-            name = name.with_name(f"{result.values[i]:+.6e}_{name.name}")
+            name = name.with_name(f"{result.scores[i]:+.6e}_{name.name}")
         items.append((path, decision, class_name, str(name)))
     return items
 
@@ -121,15 +131,16 @@ def filter_run(run: str | Path | RunDir, config: FilterConfig | Config | None = 
     warnings: list[str] = []
     nets = train_valuenets(run, features, est, full, warnings)
     train = features.train
-    values = predict_values(train.features, train.labels, train.ok_rows, est, nets,
-                            features.n_classes)
-    decisions = decide(values, full.filter.threshold)
+    view = FeatureView(train.features, est.center)
+    values = predict_values(view, train.labels, train.ok_rows, est, nets, features.n_classes)
+    scores = decision_scores(values, train.labels, est, full.filter, features.n_classes)
+    decisions = decide(scores, full.filter.threshold)
     dirty_rows = np.array([i for i, d in enumerate(decisions) if d == "dirty"], np.int64)
     suggested = [""] * len(decisions)
-    for row, label in zip(dirty_rows, suggest_labels(train.features, train.labels, dirty_rows,
-                                                     nets, full.filter.threshold)):
+    for row, label in zip(dirty_rows, suggest_labels(view, train.labels, dirty_rows, nets,
+                                                     full.filter.threshold)):
         suggested[row] = features.class_names[label] if label >= 0 else ""
-    result = FilterResult(values=values, decisions=decisions, suggested=suggested,
+    result = FilterResult(values=values, scores=scores, decisions=decisions, suggested=suggested,
                           counts={d: decisions.count(d) for d in ("clean", "dirty", "error")},
                           per_class=_per_class(features, decisions), warnings=warnings)
     _write_training_values(run, features, est, result)

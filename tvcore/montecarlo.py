@@ -151,6 +151,35 @@ class MonteCarloProblem:
         """
         return self._grams[block] if block in self._grams else self._gram(block)
 
+    @property
+    def episode_per_class(self) -> int:
+        """Examples per class in one episode; -1 = the whole subset (unbalanced)."""
+        per_class = self.config.episode_per_class
+        if per_class == 0:  # balanced: as many as the smallest class has
+            return int(np.bincount(self.sub_labels, minlength=self.n_classes).min())
+        return per_class
+
+    @property
+    def episode_length(self) -> int:
+        """SGD steps per epoch of one episode."""
+        if self.episode_per_class < 0:
+            return self.n_sub
+        sizes = np.bincount(self.sub_labels, minlength=self.n_classes)
+        return int(np.minimum(sizes, self.episode_per_class).sum())
+
+    def episode_examples(self, rng: np.random.Generator) -> np.ndarray:
+        """The subset examples one episode trains on (all, or a random per-class part)."""
+        per_class = self.episode_per_class
+        if per_class < 0:
+            return np.arange(self.n_sub)
+        parts = []
+        for k in range(self.n_classes):
+            members = np.flatnonzero(self.sub_labels == k)
+            take = min(per_class, members.size)
+            parts.append(members if take == members.size
+                         else rng.choice(members, size=take, replace=False))
+        return np.concatenate(parts)
+
     def block_bounds(self, block: int) -> np.ndarray:
         lo, hi = self.blocks[block]
         edges = np.searchsorted(self.val_labels, np.arange(self.n_classes + 1))
@@ -172,26 +201,31 @@ def episode_streams(problem: MonteCarloProblem, first: int, stop: int) -> Episod
     if config.head == "mlp":
         shapes = [(config.hidden, problem.dim), (problem.n_classes, config.hidden)]
     layers = [np.empty((stop - first,) + shape) for shape in shapes]
-    orders = np.empty((stop - first, config.epochs, problem.n_sub), np.int64)
+    orders = np.empty((stop - first, config.epochs, problem.episode_length), np.int64)
     for slot, episode in enumerate(range(first, stop)):
         rng = np.random.default_rng([config.seed, _EPISODE_STREAM, episode])
         for layer, shape in zip(layers, shapes):
             limit = np.sqrt(3.0 / shape[1])  # LeCun uniform
             layer[slot] = rng.uniform(-limit, limit, size=shape)
+        visited = problem.episode_examples(rng)
         for epoch in range(config.epochs):
-            orders[slot, epoch] = rng.permutation(problem.n_sub)
+            orders[slot, epoch] = visited[rng.permutation(visited.size)]
     return EpisodeStreams(weights=layers, orders=orders)
 
 
 def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarray:
-    """Mean validation-loss drops (E, epochs, N) float64 of episodes first..stop-1."""
+    """Mean validation-loss drops (E, epochs, N) float64 of episodes first..stop-1.
+
+    NaN marks the examples an episode did not visit (see EstimateConfig.episode_per_class).
+    """
     streams = episode_streams(problem, first, stop)
     dtype = problem.dtype
     weights = [np.ascontiguousarray(w, dtype=dtype) for w in streams.weights]
-    drops = np.zeros(streams.orders.shape)
+    drops = np.zeros((stop - first, problem.config.epochs, problem.n_sub))
     part = np.empty_like(drops)
     lr = float(problem.config.lr)
     for block, (lo, hi) in enumerate(problem.blocks):
+        part.fill(np.nan)
         # Initial validation activations in float64 from the engine-precision weights.
         val_t = problem.val_feats[lo:hi].T.astype(np.float64)
         (gram, absmax), bounds = problem.gram(block), problem.block_bounds(block)
@@ -227,9 +261,10 @@ class ValueAccumulator:
         """Fold drops (E, epochs, N) of the next E episodes."""
         for episode in drops:
             for epoch in episode:
-                self.sums += epoch
-                self.sums_sq += epoch * epoch
-                self.count += 1
+                visited = np.isfinite(epoch)
+                self.sums[visited] += epoch[visited]
+                self.sums_sq[visited] += epoch[visited] ** 2
+                self.count += visited
             self.episodes += 1
 
     @property

@@ -1,6 +1,6 @@
 """The HTML report of a run (`tvclean report`): RUN/report/index.html, one self-contained file.
 
-Sections: a summary table, per-class histograms of the predicted training-values
+Sections: a summary table, per-class histograms of the decision scores
 with the threshold, a t-SNE map of the features, thumbnails of the most negative
 and most positive images per class, and the convergence of the Monte-Carlo
 estimates. Plots and thumbnails are embedded as base64 data URIs, so the page
@@ -48,7 +48,7 @@ class ReportData:
     features: FeatureSet
     estimates: Estimates
     estimate_meta: dict
-    values: np.ndarray  # (n,) float64 predicted training-value, NaN where unreadable
+    values: np.ndarray  # (n,) float64 decision score (older runs: value), NaN where unreadable
     decisions: np.ndarray  # (n,) str: "clean", "dirty" or "error"
     labels: np.ndarray  # (n,) int64 given label
     paths: list[str]
@@ -105,7 +105,9 @@ def load_report_data(run: RunDir) -> ReportData:
         raise TvcleanError(
             f"{run.training_values} has {len(rows)} rows but features/train_index.csv has "
             f"{len(features.train.paths)}: re-run `tvclean filter` on {run.root}")
-    values = np.array([_parse_value(r["predicted_value"], run.training_values, i + 2)
+    # The decision compares the score with the threshold; older CSVs have only the value.
+    column = "score" if rows and "score" in rows[0] else "predicted_value"
+    values = np.array([_parse_value(r[column], run.training_values, i + 2, column)
                        for i, r in enumerate(rows)], np.float64)
     decisions = np.array([_parse_decision(r["decision"], run.training_values, i + 2)
                           for i, r in enumerate(rows)])
@@ -118,13 +120,13 @@ def load_report_data(run: RunDir) -> ReportData:
                               if run.log_path.exists() else ""))
 
 
-def _parse_value(text: str, path: Path, line: int) -> float:
+def _parse_value(text: str, path: Path, line: int, column: str = "predicted_value") -> float:
     if text == "":
         return math.nan
     try:
         return float(text)
     except ValueError:
-        raise TvcleanError(f"{path}, line {line}: predicted_value {text!r} is not a number; "
+        raise TvcleanError(f"{path}, line {line}: {column} {text!r} is not a number; "
                            f"re-run `tvclean filter`") from None
 
 
@@ -312,7 +314,8 @@ def histogram_section(data: ReportData, config: ReportConfig) -> Section:
             ax.set_axis_off()
     fig.legend(*_histogram_legend(), loc="upper center", ncol=3, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
-    body = (f"<p>Predicted training-value of every readable training image, by given class. "
+    body = (f"<p>Decision score of every readable training image, by given class: its "
+            f"training-value plus z standard errors (see training_values.csv, column score). "
             f"Images below the threshold ({_e(f'{data.threshold:g}')}, dashed) are discarded.</p>"
             + _figure_html(data, "histograms.png", _png(fig), "per-class value histograms"))
     return Section("histograms", "Training-values per class", body)
@@ -511,7 +514,7 @@ def thumbnail_section(data: ReportData, config: ReportConfig) -> Section:
                       + _grid(data, low, label, "lowest", "Most negative")
                       + _grid(data, high, label, "highest", "Most positive") + "</div>")
     body = (f"<p>The {config.thumbnails} lowest- and highest-valued images of each class "
-            f"(by predicted training-value). A red frame marks a discarded image; hover for "
+            f"(by decision score). A red frame marks a discarded image; hover for "
             f"the full path.</p>" + "".join(blocks))
     return Section("thumbnails", "Most negative and most positive images", body)
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import montecarlo
-from .config import Config
+from .config import Config, EstimateConfig, FilterConfig
+from .errors import TvcleanError
+from .featurenorm import FeatureView, fit_center
 from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
@@ -94,12 +96,45 @@ def suggest_labels(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     return suggestion
 
 
+def decision_scores(predicted: np.ndarray, labels: np.ndarray, mc: MonteCarloValues,
+                    config: FilterConfig, n_classes: int) -> np.ndarray:
+    """Score = value + confidence_z x standard error; images scoring below the threshold go.
+
+    Images in the Monte-Carlo subset use their own estimate and standard error
+    (decide_by "mc") or the regressor's value; images outside it use the
+    regressor's value and the median standard error of their class's estimates.
+    """
+    stderr = np.nan_to_num(mc.stderr, nan=0.0)
+    class_stderr = np.array([np.median(stderr[mc.labels == k]) if np.any(mc.labels == k)
+                             else 0.0 for k in range(n_classes)])
+    scores = predicted + config.confidence_z * class_stderr[labels]
+    if config.decide_by == "mc":
+        scores[mc.rows] = mc.mean + config.confidence_z * stderr
+    scores[np.isnan(predicted)] = np.nan
+    return scores
+
+
+def check_converged(mean: np.ndarray, lr: float) -> None:
+    """Fail clearly when the heads diverged (the values are not finite)."""
+    if not np.all(np.isfinite(mean)):
+        raise TvcleanError(f"the Monte-Carlo heads diverged (training-values are not finite); "
+                           f"lower the learning rate (--lr, now {lr:g})")
+
+
+def feature_center(train_features, ok_rows: np.ndarray, config: EstimateConfig):
+    """The centre used by feature normalisation (None: raw features)."""
+    if config.feature_norm == "none":
+        return None
+    return fit_center(train_features, ok_rows)
+
+
 @dataclass
 class ValueResult:
     """Predicted values and decisions of every training row, with the MC estimates."""
 
-    values: np.ndarray  # (n,) float64, NaN for rows that were not usable
-    dirty: np.ndarray  # (n,) bool: value below the threshold
+    values: np.ndarray  # (n,) float64 regressor-predicted values, NaN for unusable rows
+    scores: np.ndarray  # (n,) float64 decision scores (see decision_scores)
+    dirty: np.ndarray  # (n,) bool: score below the threshold
     mc: MonteCarloValues
     nets: dict[int, ValueNet]
     warnings: list[str] = field(default_factory=list)
@@ -121,15 +156,20 @@ def training_values(train_features, train_labels, val_features, val_labels,
     ok_rows = np.flatnonzero(np.ones(train_labels.size, bool) if train_ok is None else train_ok)
     subset = montecarlo.select_subset(train_labels, val_labels, n_classes, config.estimate,
                                       ok_rows, None, names)
+    center = feature_center(train_features, ok_rows, config.estimate)
+    train_view = FeatureView(train_features, center)
     problem = montecarlo.MonteCarloProblem(
-        np.asarray(train_features)[subset.train_rows], train_labels[subset.train_rows],
-        np.asarray(val_features)[subset.val_rows], val_labels[subset.val_rows], n_classes,
-        config.estimate)
+        train_view[subset.train_rows], train_labels[subset.train_rows],
+        FeatureView(val_features, center)[subset.val_rows], val_labels[subset.val_rows],
+        n_classes, config.estimate)
     acc = montecarlo.estimate_values(problem)
+    check_converged(acc.mean, config.estimate.lr)
     mc = MonteCarloValues(rows=subset.train_rows, labels=train_labels[subset.train_rows],
                           mean=acc.mean, stderr=acc.stderr, count=acc.count)
     warnings = list(subset.warnings)
-    nets = fit_class_valuenets(train_features, mc, names, config, warnings)
-    values = predict_values(train_features, train_labels, ok_rows, mc, nets, n_classes)
-    dirty = ~np.isnan(values) & (values < config.filter.threshold)
-    return ValueResult(values=values, dirty=dirty, mc=mc, nets=nets, warnings=warnings)
+    nets = fit_class_valuenets(train_view, mc, names, config, warnings)
+    values = predict_values(train_view, train_labels, ok_rows, mc, nets, n_classes)
+    scores = decision_scores(values, train_labels, mc, config.filter, n_classes)
+    dirty = ~np.isnan(scores) & (scores < config.filter.threshold)
+    return ValueResult(values=values, scores=scores, dirty=dirty, mc=mc, nets=nets,
+                       warnings=warnings)
