@@ -275,16 +275,21 @@ def test_cli_clean_on_a_scheduler_equals_local(cluster, images, tmp_path):
     assert local == remote and local.count("\n") == 1 + TRAIN_ROWS
 
 
-def test_cli_bad_scheduler_address_is_a_one_line_error(tmp_path, feature_arrays):
-    import dask
+@pytest.mark.parametrize("address, why", [
+    ("tcp://127.0.0.1:9", "Timed out trying to connect to tcp://127.0.0.1:9 after 1 s"),
+    ("localhost", "missing port number in address 'localhost'"),
+    ("http://127.0.0.1:8786", "unknown address scheme 'http'"),
+])
+def test_cli_bad_scheduler_address_is_a_one_line_error(tmp_path, feature_arrays, address, why):
     pytest.importorskip("distributed")
+    import dask
     make_feature_run(tmp_path / "run", *feature_arrays)
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
         result = CliRunner().invoke(cli, ["estimate", str(tmp_path / "run"),
-                                          "--scheduler", "tcp://127.0.0.1:9"])
+                                          "--scheduler", address])
     assert result.exit_code == 1
-    assert result.output.startswith("Error: cannot connect to the Dask scheduler at "
-                                    "'tcp://127.0.0.1:9' (--scheduler): ")
+    assert result.output.startswith(f"Error: cannot connect to the Dask scheduler at "
+                                    f"'{address}' (--scheduler): {why}")
     assert result.output.count("\n") == 1
 
 

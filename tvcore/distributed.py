@@ -73,6 +73,9 @@ class Cluster:
     def _connect(self):
         distributed = _dask()
         try:
+            # a malformed address would leave a half-made Client that complains at exit
+            distributed.comm.get_address_host_port(distributed.comm.normalize_address(
+                self.scheduler))
             return distributed.Client(self.scheduler, set_as_default=False)
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise TvcleanError(f"cannot connect to the Dask scheduler at {self.scheduler!r} "
@@ -94,11 +97,6 @@ class Cluster:
     def slots(self) -> int:
         """Worker threads in the cluster now (at least 1)."""
         return max(1, sum(self.client.nthreads().values()))
-
-    def describe(self) -> str:
-        if self._local is not None:
-            return f"a local Dask cluster of {self.workers} worker processes"
-        return f"the Dask cluster at {self.scheduler or self.client.scheduler.address}"
 
     def close(self) -> None:
         if self._owned and self._client is not None:
