@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -318,3 +319,15 @@ def test_each_local_worker_process_uses_its_share_of_the_cores(cluster):
     share = max(1, dist._cores() // 2)
     assert on_every_worker(plan) == [share, share]
     assert on_every_worker(cluster.thread_plan(3)) == [3, 3]
+
+
+def test_workers_get_known_and_cached_models_by_name_and_files_by_absolute_path(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.onnx").write_bytes(b"")
+    (tmp_path / "plain").write_bytes(b"")
+    spec = SimpleNamespace(path=tmp_path / "resolved.onnx")  # what resolve_model returned
+    assert dist._model_reference("mine.onnx", spec) == str(tmp_path / "resolved.onnx")
+    assert dist._model_reference("plain", spec) == str(tmp_path / "resolved.onnx")
+    assert dist._model_reference("efficientnet-lite0", spec) == "efficientnet-lite0"
+    assert dist._model_reference("my-finetuned", spec) == "my-finetuned"  # in each cache

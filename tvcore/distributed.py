@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -370,13 +371,19 @@ def _extract_shard(settings: ExtractSettings, paths: list[str]
 
 def extract_settings(config, model, cluster: Cluster) -> ExtractSettings:
     """The workers' extractor settings for an ExtractConfig and the resolved ModelSpec."""
-    from .modelzoo import KNOWN_MODELS
-    reference = config.model if config.model in KNOWN_MODELS else str(model.path)
-    if reference != config.model and not (config.model.endswith(".onnx") or os.sep in config.model):
-        reference = config.model  # a model in the cache, by name: each worker's own cache
-    return ExtractSettings(model=reference, sha256=model.sha256, batch_size=config.batch_size,
+    return ExtractSettings(model=_model_reference(config.model, model), sha256=model.sha256,
+                           batch_size=config.batch_size,
                            threads=cluster.thread_plan(config.threads),
                            decode_workers=config.decode_workers, max_pixels=config.max_pixels)
+
+
+def _model_reference(name: str, model) -> str:
+    """What workers resolve: a known or cached model by its name (each worker's own copy),
+    a model file by its absolute path (as tvcore.modelzoo.resolve_model tells them apart)."""
+    from .modelzoo import KNOWN_MODELS
+    is_file = name not in KNOWN_MODELS and (
+        name.endswith(".onnx") or os.sep in name or Path(name).expanduser().exists())
+    return str(model.path) if is_file else name
 
 
 def shards_to_do(rows: int, rows_done: int, done: Iterable[Sequence[int]],
