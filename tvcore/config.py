@@ -179,7 +179,7 @@ class FilterConfig:
     threshold: float = 0.0  # images whose score is below this are discarded
     # Score = value + confidence_z x its standard error: an image is discarded only
     # when it is confidently harmful (0 = the original's bare `value < threshold`).
-    confidence_z: float = 1.25
+    confidence_z: float = 1.0
     # Whose value decides for images in the Monte-Carlo subset: their own "mc"
     # estimate, or the "valuenet" regressor's prediction (the original). Images
     # outside the subset are always decided by the regressor.
