@@ -162,13 +162,16 @@ def bench_compile() -> None:
           f"cold {runs[0]:.1f} s, cached {runs[1]:.1f} s")
 
 
+# VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (Linux keeps it
+# across fork and exec), which here would report the benchmark process's own peak.
 _MEMORY_PROBE = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 from benchmarks.bench_montecarlo import synthetic_problem, time_engine
 problem = synthetic_problem({k}, 1000, 100, 2048, episodes={e}, threads=2)
 time_engine(problem)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) / 1024)
 """
 
 
