@@ -130,7 +130,12 @@ def measure(run: Path, workers: int, budget: int, args) -> dict:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
     peaks: dict[str, list[int]] = {}  # phase -> [peak RSS, peak anonymous RSS]
-    while proc.poll() is None:
+    while True:
+        # wait4 also reports the CPU time of the reaped descendants (the Dask workers)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
         try:
             phase = (run / PHASE_FILE).read_text() or "start"
         except OSError:
@@ -140,6 +145,7 @@ def measure(run: Path, workers: int, budget: int, args) -> dict:
         peak[:] = max(peak[0], rss), max(peak[1], anon)
         time.sleep(0.05)
     wall = time.perf_counter() - started
+    cpu = usage.ru_utime + usage.ru_stime
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed ({proc.returncode}): {out}")
@@ -147,7 +153,7 @@ def measure(run: Path, workers: int, budget: int, args) -> dict:
            for kind, value in zip(("rss_mib", "anon_mib"), pair)}
     return {"peak_rss_mib": max(p[0] for p in peaks.values()) / 2**20,
             "peak_anon_mib": max(p[1] for p in peaks.values()) / 2**20, **mib,
-            "wall_s": wall, **json.loads(out.strip().splitlines()[-1])}
+            "wall_s": wall, "cpu_s": cpu, **json.loads(out.strip().splitlines()[-1])}
 
 
 def main(argv: list[str]) -> None:
@@ -187,7 +193,7 @@ def main(argv: list[str]) -> None:
               "50 value nets, output none; 2 cores")
         print("peak RSS / peak anonymous RSS (MiB) of the whole process tree, by stage; times")
         print(f"{'configuration':32s} {'estimate RSS/anon':>17s} {'filter RSS/anon':>16s} "
-              f"{'estimate':>9s} {'filter':>7s} {'total':>7s}")
+              f"{'estimate':>9s} {'filter':>7s} {'total':>7s} {'CPU':>7s}")
         results = {}
         for name, (workers, budget) in MODES.items():
             run = Path(tmp) / name.replace(" ", "_").replace(",", "")
@@ -198,7 +204,8 @@ def main(argv: list[str]) -> None:
             memory = [f"{result[f'{stage} rss_mib']:.0f} / {result[f'{stage} anon_mib']:.0f}"
                       for stage in ("estimate", "filter")]
             print(f"{name:32s} {memory[0]:>17s} {memory[1]:>16s} {result['estimate']:8.1f}s "
-                  f"{result['filter']:6.1f}s {result['wall_s']:6.1f}s{startup}", flush=True)
+                  f"{result['filter']:6.1f}s {result['wall_s']:6.1f}s {result['cpu_s']:6.0f}s"
+                  f"{startup}", flush=True)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
 
