@@ -192,8 +192,8 @@ CENTER_FILE = "feature_center.npy"  # present when the features were normalised
 _FILES = {"rows": "subset", "val_rows": "val_subset"}
 
 
-def load_estimates(run: str | Path | RunDir) -> Estimates:
-    """Read RUN/estimates back."""
+def load_estimates(run: str | Path | RunDir, features: FeatureSet | None = None) -> Estimates:
+    """Read RUN/estimates back (features: the run's, if already loaded)."""
     run = run if isinstance(run, RunDir) else RunDir(run)
     run.require("estimates/meta.json", "estimate")
     out = run.estimates
@@ -201,7 +201,7 @@ def load_estimates(run: str | Path | RunDir) -> Estimates:
               for name in ("rows", "val_rows", "mean", "stderr", "count", "history",
                            "history_episodes")}
     meta = read_json(out / "meta.json")
-    features_labels = load_features(run).train.labels
+    features_labels = (features or load_features(run)).train.labels
     center = load_npy(out / CENTER_FILE) if (out / CENTER_FILE).exists() else None
     return Estimates(labels=features_labels[arrays["rows"]], episodes=int(meta["episodes"]),
                      warnings=list(meta.get("warnings", [])), seconds=float(meta["seconds"]),

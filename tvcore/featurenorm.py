@@ -23,13 +23,19 @@ def fit_center(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def normalize(features: np.ndarray, center: np.ndarray | None) -> np.ndarray:
-    """(n, D) float32 centred, unit-length rows; center None: the features unchanged (float32)."""
-    x = np.asarray(features, np.float64)
-    if center is None:
-        return x.astype(np.float32)
-    x = x - center
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    """(n, D) float32 centred, unit-length rows; center None: the features unchanged (float32).
+
+    Works in chunks of rows, so the float64 temporaries stay small.
+    """
+    out = np.empty(features.shape, np.float32)
+    for start in range(0, features.shape[0], CHUNK_ROWS):
+        x = np.asarray(features[start:start + CHUNK_ROWS], np.float64)
+        if center is not None:
+            x = x - center
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            x /= np.where(norms > 0, norms, 1.0)
+        out[start:start + CHUNK_ROWS] = x
+    return out
 
 
 class FeatureView:

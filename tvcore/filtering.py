@@ -124,7 +124,7 @@ def filter_run(run: str | Path | RunDir, config: FilterConfig | Config | None = 
     full.valuenet.validate()
     started = time.perf_counter()
     features = load_features(run)
-    est = load_estimates(run)
+    est = load_estimates(run, features)
     if full.filter.output != "none":
         check_outside_inputs(run.root, [features.meta[k] for k in ("train_root", "val_root")
                                         if features.meta.get(k)])

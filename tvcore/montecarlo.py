@@ -20,6 +20,7 @@ from .errors import TvcleanError
 # Independent random streams, derived from the user's seed.
 _SUBSET_STREAM = 1
 _EPISODE_STREAM = 2
+_ROWS = 4096  # rows per pass when a whole-matrix temporary would cost memory
 
 
 @dataclass
@@ -142,7 +143,11 @@ class MonteCarloProblem:
         lo, hi = self.blocks[block]
         gram = self.sub_feats @ self.val_feats[lo:hi].T
         gram += 1  # the bias is a constant feature
-        return gram, np.abs(gram).max(axis=1)
+        absmax = np.empty(self.n_sub, gram.dtype)
+        for start in range(0, self.n_sub, _ROWS):  # in rows: no Gram-sized temporary
+            rows = gram[start:start + _ROWS]
+            absmax[start:start + _ROWS] = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+        return gram, absmax
 
     def gram(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Augmented Gram block (N, hi - lo) and its row-wise max |value| (N,).
