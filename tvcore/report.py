@@ -99,7 +99,7 @@ def write_report(run: str | Path | RunDir, config: ReportConfig | Config | None 
 def load_report_data(run: RunDir) -> ReportData:
     """Read features, estimates and training_values.csv; fail naming the stage to run."""
     features = load_features(run)
-    estimates = load_estimates(run)
+    estimates = load_estimates(run, features)
     rows = load_training_values(run)
     if len(rows) != len(features.train.paths):
         raise TvcleanError(
