@@ -71,15 +71,52 @@ def tvclean_method(make_config: Callable[[], Config]) -> Method:
     return run
 
 
+def variant(**changes: dict) -> Callable[[], Config]:
+    """The default config with some options changed: variant(estimate={"lr": 0.01})."""
+    def make() -> Config:
+        config = default_config()
+        for section, values in changes.items():
+            for name, value in values.items():
+                setattr(getattr(config, section), name, value)
+        return config
+    return make
+
+
+def scaled_original_config() -> Config:
+    """The original with each class's regressor targets divided by their mean |value|."""
+    config = original_config()
+    config.valuenet.target_scale = "mean-abs"
+    return config
+
+
 METHODS: dict[str, Method] = {
     "tvclean": tvclean_method(default_config),
     "original": tvclean_method(original_config),
     "original-300": tvclean_method(functools.partial(original_config, per_class=300)),
+    "original-scaled": tvclean_method(scaled_original_config),
     "cleanlab": cleanlab_issues,
     "knn-shapley": knn_shapley,
 }
+# Each removes one of the default's changes (README, "What each change does"):
+# `--methods ablation` runs them all.
+ABLATIONS: dict[str, Method] = {
+    "raw-features": tvclean_method(variant(estimate={"feature_norm": "none", "lr": 0.01})),
+    "unbalanced": tvclean_method(variant(estimate={"episode_per_class": -1, "episodes": 100})),
+    "z0": tvclean_method(variant(filter={"confidence_z": 0.0})),
+    "by-valuenet": tvclean_method(variant(filter={"decide_by": "valuenet"})),
+    "mlp-head": tvclean_method(variant(estimate={"head": "mlp", "lr": 0.1, "episodes": 50})),
+}
+# `--methods zsweep`: the decision's confidence_z (README, the z table).
+ZSWEEP: dict[str, Method] = {
+    f"z{z:g}": tvclean_method(variant(filter={"confidence_z": z}))
+    for z in (0.75, 1.0, 1.25, 1.5, 2.0, 2.5)}
+GROUPS = {"ablation": ["tvclean", *ABLATIONS], "zsweep": list(ZSWEEP)}
+MAIN_METHODS = list(METHODS)
+METHODS.update(ABLATIONS)
+METHODS.update(ZSWEEP)
 LABELS = {"tvclean": "tvclean default", "original": "original", "knn-shapley": "KNN-Shapley k=10",
-          "original-300": "original 300/class subset", "cleanlab": "cleanlab (5-fold CV LR)"}
+          "original-300": "original 300/class subset", "cleanlab": "cleanlab (5-fold CV LR)",
+          "original-scaled": "original, scaled targets"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +146,7 @@ def run_case(dataset: str, noise: str, methods: list[str] | None = None, seed: i
 
 
 def _run_case(dataset: str, noise: str, methods: list[str] | None, seed: int) -> list[dict]:
-    methods = list(METHODS) if methods is None else methods
+    methods = list(MAIN_METHODS) if methods is None else methods
     _check_known(methods, METHODS, "methods")
     data = cached_features(dataset)
     noisy_y, flipped = noisy_labels(data, noise, seed)
@@ -163,9 +200,9 @@ def _check_known(names: list[str], known, what: str) -> None:
         raise TvcleanError(f"{what}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
 
 
-def _choices(value: str, known, what: str) -> list[str]:
-    """`all` or a comma-separated list of names in `known`."""
-    names = list(known) if value == "all" else value.split(",")
+def _choices(value: str, known, what: str, everything=None) -> list[str]:
+    """`all` (everything, default all of known) or a comma-separated list of names in `known`."""
+    names = list(everything or known) if value == "all" else value.split(",")
     _check_known(names, known, what)
     return names
 
@@ -175,7 +212,10 @@ def main(argv: list[str]) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="all", help=f"{', '.join(DATASETS)} or all")
     parser.add_argument("--noise", default="all", help=f"{', '.join(NOISES)} or all")
-    parser.add_argument("--methods", default="all", help=f"comma-separated: {', '.join(METHODS)}")
+    parser.add_argument("--methods", default="all",
+                        help=f"all (the peers and presets), ablation (the default without each "
+                             f"of its changes), zsweep (confidence_z values), or "
+                             f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and every method")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads (0: the library's default)")
@@ -184,7 +224,8 @@ def main(argv: list[str]) -> None:
     try:
         datasets = _choices(args.dataset, DATASETS, "--dataset")
         noises = _choices(args.noise, NOISES, "--noise")
-        methods = _choices(args.methods, METHODS, "--methods")
+        methods = (GROUPS[args.methods] if args.methods in GROUPS
+                   else _choices(args.methods, METHODS, "--methods", MAIN_METHODS))
     except TvcleanError as exc:
         sys.exit(str(exc))
     blas_threads = args.blas_threads or None
