@@ -8,6 +8,7 @@ import sys
 # name -> module in this package; each module has main(argv) -> None.
 BENCHMARKS = {
     "extract": "bench_extract",
+    "finetune": "bench_finetune",
     "montecarlo": "bench_montecarlo",
     "quality": "bench_quality",
     "scale": "bench_scale",
