@@ -331,3 +331,22 @@ def test_workers_get_known_and_cached_models_by_name_and_files_by_absolute_path(
     assert dist._model_reference("plain", spec) == str(tmp_path / "resolved.onnx")
     assert dist._model_reference("efficientnet-lite0", spec) == "efficientnet-lite0"
     assert dist._model_reference("my-finetuned", spec) == "my-finetuned"  # in each cache
+
+
+def test_shared_data_lost_with_workers_is_sent_again(cluster, feature_arrays, monkeypatch):
+    train, labels, val, val_labels = feature_arrays
+    problem = montecarlo.MonteCarloProblem(train, labels, val, val_labels, 3, ESTIMATE)
+    expected = montecarlo.estimate_values(problem, block=1)
+    run_tasks, calls = dist.run_tasks, []
+
+    def lose_the_data_once(cluster, fn, tasks, *shared, names, **kwargs):
+        calls.append(len(tasks))
+        for n, item in enumerate(run_tasks(cluster, fn, tasks, *shared, names=names, **kwargs)):
+            if len(calls) == 1 and n == 3:
+                raise dist.LostSharedData(f"{names[n]} was cancelled on the cluster")
+            yield item
+
+    monkeypatch.setattr(dist, "run_tasks", lose_the_data_once)
+    acc = dist.estimate_values(problem, ESTIMATE, cluster, block=1)
+    assert calls == [12, 9]  # the second round starts after the 3 folded episodes
+    assert np.array_equal(acc.sums, expected.sums) and acc.episodes == 12

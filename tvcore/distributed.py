@@ -29,7 +29,11 @@ import numpy as np
 
 from .errors import TvcleanError
 
+# What a cancelled Dask future raises (distributed's FutureCancelledError derives from it).
+from concurrent.futures import CancelledError  # noqa: E402
+
 RETRIES = 2  # extra attempts Dask makes of a task that raised or lost its worker
+RESCATTERS = 2  # times shared data lost with workers is sent again before giving up
 SHARD_BATCHES = 8  # batches per extraction task
 TASKS_PER_THREAD = 2  # tasks in flight per worker thread: keeps workers busy, bounds memory
 INSTALL_HINT = "pip install 'tvclean[dask]'"
@@ -208,6 +212,10 @@ def run_tasks(cluster: Cluster, fn: Callable, tasks: Sequence[tuple], *shared: A
             client.cancel(list(index))
 
 
+class LostSharedData(TvcleanError):
+    """A task was cancelled because data it needed was lost with a worker (re-send it)."""
+
+
 def _result(future, what: str) -> Any:
     """The task's value; a final failure as a TvcleanError (TvcleanErrors as they are)."""
     distributed = _dask()
@@ -215,6 +223,9 @@ def _result(future, what: str) -> Any:
         return future.result()
     except TvcleanError:
         raise
+    except CancelledError:
+        raise LostSharedData(f"{what} was cancelled on the cluster: the data it needed was "
+                             "lost with a worker") from None
     except distributed.KilledWorker:
         raise TvcleanError(f"{what} failed: the workers running it died repeatedly "
                            "(out of memory, or killed?); see the worker logs") from None
@@ -291,12 +302,25 @@ def estimate_values(problem, config, cluster, acc=None, block: int | None = None
     cluster = as_cluster(cluster)
     block = block or config.checkpoint_every
     acc = acc or ValueAccumulator(problem.n_sub)
-    blocks = [(first, min(first + block, config.episodes))
-              for first in range(acc.episodes, config.episodes, block)]
-    if not blocks:
+    if acc.episodes >= config.episodes:
         return acc
     data = ProblemData(problem.sub_feats, problem.sub_labels, problem.val_feats,
                        problem.val_labels, problem.n_classes, config)
+    for attempt in range(RESCATTERS + 1):
+        try:
+            return _fold_blocks(cluster, data, config, acc, block, on_block)
+        except LostSharedData:
+            # The scattered arrays went down with workers: send them again and go on
+            # from the last folded episode (blocks are deterministic, so nothing changes).
+            if attempt == RESCATTERS:
+                raise
+    return acc
+
+
+def _fold_blocks(cluster: Cluster, data: ProblemData, config: EstimateConfig, acc,
+                 block: int, on_block):
+    blocks = [(first, min(first + block, config.episodes))
+              for first in range(acc.episodes, config.episodes, block)]
     client = cluster.client
     shared = client.scatter(data, broadcast=True, hash=False)
     try:
