@@ -25,10 +25,11 @@ call only redoes the cleaning.
 Measured (sym20, seed 0, `--size 96 --epochs 5 --threads 1`; a 2-core machine
 shared with another job): 5 epochs of 354-482 s each, validation accuracy
 0.773 -> 0.863 (still rising: early stopping never fired), the network's own
-test accuracy 0.866. F1 / ROC-AUC / accuracy after cleaning: frozen 224px
-0.789 / 0.949 / 0.863, frozen 96px 0.795 / 0.953 / 0.852, fine-tuned 96px
-0.827 / 0.968 / 0.861 (no cleaning: 0.825, 0.816, 0.833). One SGD step of 32
-images at 224px: 4.9-6.1 s on one thread (25-32 min per epoch), 9.0 s on two.
+test accuracy 0.866. F1 / ROC-AUC / accuracy after cleaning with tvclean's
+defaults of commit dfa886b: frozen 224px 0.831 / 0.981 / 0.883, frozen 96px
+0.811 / 0.974 / 0.860, fine-tuned 96px 0.835 / 0.979 / 0.875 (no cleaning:
+0.825, 0.816, 0.833). One SGD step of 32 images at 224px: 4.9-6.1 s on one
+thread (25-32 min per epoch), 9.0 s on two (the other job competing).
 """
 
 from __future__ import annotations
