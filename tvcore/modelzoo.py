@@ -19,7 +19,6 @@ import importlib.resources
 import math
 import os
 import re
-import tempfile
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .errors import TvcleanError
 from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
 from .progress import Progress
 from .rundir import _FILE_MODE as FILE_MODE  # mkstemp alone would give 0600
+from .rundir import atomic_write_with
 from .rundir import atomic_write_json, read_json
 
 NORMALISATIONS = {
@@ -282,19 +282,14 @@ def download(url: str, dest: str | Path, sha256: str, label: str = "download",
     """
     _check_network_allowed(url)
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            digest = _stream(url, fh, label, progress)
+
+    def fetch_and_check(fh) -> None:
+        digest = _stream(url, fh, label, progress)
         if digest != sha256.lower():
             raise TvcleanError(f"sha256 mismatch for {url}: got {digest}, expected {sha256}; "
                                f"nothing was saved")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write_with(dest, fetch_and_check)
     return dest
 
 

@@ -122,6 +122,14 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0600
 
 
+def atomic_write_with(path: str | Path, write) -> None:
+    """Call write(fh) on a temp file beside `path`, then rename it into place.
+
+    If write raises, nothing is left behind and `path` is untouched.
+    """
+    _atomic_write(Path(path), write)
+
+
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
