@@ -186,7 +186,7 @@ def summary_section(data: ReportData, config: ReportConfig) -> Section:
     counts = class_counts(data)
     overview = _table([(_e(k), v) for k, v in _overview(data, counts)], "overview")
     header = ("Class", "Images", "Clean", "Discarded", "Discarded %", "Unreadable",
-              "MC estimates", "Median value")
+              "MC estimates", "Median score")
     rows = "".join(_class_row(c) for c in counts)
     per_class = (f'<table class="classes"><thead><tr>{"".join(f"<th>{h}</th>" for h in header)}'
                  f"</tr></thead><tbody>{rows}</tbody></table>")
