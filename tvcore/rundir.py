@@ -17,10 +17,16 @@ Layout (the contract between stages):
         count.npy                int64
         history.npy              float32 (checkpoints, n_subset) running means
         history_episodes.npy     int64 episode count at each history row
+        feature_center.npy       float64 (D,) centre of the feature normalisation (if any)
+        values.csv               the estimates with paths, for people
         checkpoint/              resumable state (sums, sums of squares, episodes done)
         meta.json                configuration and timing
+    RUN/finetune/                model.onnx + model.json of `tvclean finetune` (if it ran)
     RUN/valuenets/               class_<k>.npz weights (no pickle) + meta.json
-    RUN/training_values.csv      one row per training image
+    RUN/training_values.csv      one row per training image: path, label, class_name,
+                                 predicted_value, mc_value, mc_stderr, mc_count, score,
+                                 decision, suggested_label
+    RUN/evaluation.json          the last `tvclean evaluate` against a truth file
     RUN/clean/, RUN/dirty/       the split data set
     RUN/report/                  index.html + PNG plots
 
