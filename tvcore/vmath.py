@@ -190,28 +190,18 @@ def vlog1p(x):
     return math.log1p(x)
 
 
-@overload(vexpm1, inline="always")
-def _vexpm1_overload(x):
-    if x == types.float32:
-        return lambda x: _expm1_f32(x)
-    if x == types.float64:
-        return lambda x: _expm1_f64(x)
-    return None
+def _dispatch_on_precision(function, float32_impl, float64_impl) -> None:
+    """Make `function` compile to float32_impl or float64_impl by its argument's type."""
+
+    @overload(function, inline="always")
+    def _overload(x):
+        if x == types.float32:
+            return lambda x: float32_impl(x)
+        if x == types.float64:
+            return lambda x: float64_impl(x)
+        return None
 
 
-@overload(vexpm1_small, inline="always")
-def _vexpm1_small_overload(x):
-    if x == types.float32:
-        return lambda x: _expm1_small_f32(x)
-    if x == types.float64:
-        return lambda x: _expm1_small_f64(x)
-    return None
-
-
-@overload(vlog1p, inline="always")
-def _vlog1p_overload(x):
-    if x == types.float32:
-        return lambda x: _log1p_f32(x)
-    if x == types.float64:
-        return lambda x: _log1p_f64(x)
-    return None
+_dispatch_on_precision(vexpm1, _expm1_f32, _expm1_f64)
+_dispatch_on_precision(vexpm1_small, _expm1_small_f32, _expm1_small_f64)
+_dispatch_on_precision(vlog1p, _log1p_f32, _log1p_f64)
