@@ -8,10 +8,9 @@ from tvcore.distributed import open_cluster
 from tvcore.pipeline import clean
 
 from .common import echo_json, info, user_errors
-from .estimate_cmd import ESTIMATE_CHOICES, ESTIMATE_HELP
+from .estimate_cmd import ESTIMATE_HELP
 from .extract_cmd import EXTRACT_HELP, describe
-from .filter_cmd import (FILTER_CHOICES, FILTER_HELP, VALUENET_CHOICES, VALUENET_HELP,
-                         filter_summary, print_filter_summary)
+from .filter_cmd import FILTER_HELP, VALUENET_HELP, filter_summary, print_filter_summary
 from .finetune_cmd import describe as describe_finetune
 from .options import (build_config, cluster_options, config_file_option, split_options,
                       stage_options)
@@ -29,11 +28,9 @@ CLEAN_FINETUNE_HELP = {
 
 def clean_options(fn):
     fn = stage_options("report", REPORT_HELP, flags={"enabled": "report"})(fn)
-    for section, helps, choices in (("filter", FILTER_HELP, FILTER_CHOICES),
-                                    ("valuenet", VALUENET_HELP, VALUENET_CHOICES),
-                                    ("estimate", ESTIMATE_HELP, ESTIMATE_CHOICES),
-                                    ("extract", CLEAN_EXTRACT_HELP, None)):
-        fn = stage_options(section, helps, choices)(fn)
+    for section, helps in (("filter", FILTER_HELP), ("valuenet", VALUENET_HELP),
+                           ("estimate", ESTIMATE_HELP), ("extract", CLEAN_EXTRACT_HELP)):
+        fn = stage_options(section, helps)(fn)
     return stage_options("finetune", CLEAN_FINETUNE_HELP, flags={"enabled": "finetune"})(fn)
 
 

@@ -29,13 +29,11 @@ ESTIMATE_HELP = {
     "checkpoint_every": "Episodes between checkpoints (resume points).",
     "memory_budget_mb": "Memory for the Gram matrix; above it, it is computed in blocks.",
 }
-ESTIMATE_CHOICES = {"head": ("linear", "mlp"), "dtype": ("float32", "float64"),
-                    "feature_norm": ("center-l2", "none")}
 
 
 @click.command("estimate")
 @click.argument("run", type=click.Path(file_okay=False))
-@stage_options("estimate", ESTIMATE_HELP, ESTIMATE_CHOICES)
+@stage_options("estimate", ESTIMATE_HELP)
 @cluster_options
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")

@@ -20,13 +20,10 @@ FILTER_HELP = {
     "prefix_values": "Prefix output file names with their score, as the original did with "
                      "its value.",
 }
-FILTER_CHOICES = {"output": ("copy", "hardlink", "symlink", "none"),
-                  "decide_by": ("mc", "valuenet")}
 VALUENET_HELP = {
     "loss": "Loss of the value-net regressors.",
     "target_scale": "Scale each class's targets by its mean |value| before training.",
 }
-VALUENET_CHOICES = {"loss": ("mae", "mse"), "target_scale": ("mean-abs", "none")}
 
 
 def print_filter_summary(result) -> None:
@@ -47,8 +44,8 @@ def filter_summary(result) -> dict:
 
 @click.command("filter")
 @click.argument("run", type=click.Path(file_okay=False))
-@stage_options("filter", FILTER_HELP, FILTER_CHOICES)
-@stage_options("valuenet", VALUENET_HELP, VALUENET_CHOICES)
+@stage_options("filter", FILTER_HELP)
+@stage_options("valuenet", VALUENET_HELP)
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors

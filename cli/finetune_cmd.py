@@ -32,7 +32,6 @@ FINETUNE_HELP = {
     "seed": "Seed of shuffling, crops and the new head: the same seed gives the same model.",
     "threads": "torch threads (0 = all cores).",
 }
-FINETUNE_CHOICES = {"model": ("efficientnet-lite0", "resnet50")}
 
 
 @click.command("finetune")
@@ -40,7 +39,7 @@ FINETUNE_CHOICES = {"model": ("efficientnet-lite0", "resnet50")}
 @click.argument("val", type=click.Path(), required=False)
 @click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
               help="Run directory; the model is written to RUN/finetune/model.onnx.")
-@stage_options("finetune", FINETUNE_HELP, FINETUNE_CHOICES)
+@stage_options("finetune", FINETUNE_HELP)
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from tvcore.config import PRESETS, SECTIONS, Config, set_options
+from tvcore.config import CHOICES, PRESETS, SECTIONS, Config, set_options
 
 
 def _default(section: str, name: str) -> Any:
@@ -21,15 +21,14 @@ def _default(section: str, name: str) -> Any:
 
 
 def stage_options(section: str, helps: dict[str, str],
-                  choices: dict[str, tuple[str, ...]] | None = None,
                   flags: dict[str, str] | None = None) -> Callable:
     """Decorator adding one option per field named in `helps` (option `--field-name`,
-    or the name given in `flags`).
+    or the name given in `flags`); fields in tvcore.config.CHOICES get their choices.
 
     The option's parameter is called `<section>__<field>` so options of several
     stages can sit on one command (`tvclean clean`).
     """
-    choices, flags = choices or {}, flags or {}
+    choices, flags = CHOICES.get(section, {}), flags or {}
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
 
     def decorate(fn: Callable) -> Callable:

@@ -31,7 +31,19 @@ def _check_positive(section: str, obj: Any, *names: str) -> None:
             _fail(section, name, "must be > 0", value)
 
 
-def _check_choice(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
+# The allowed values of every option that is a choice (the CLI offers the same).
+CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
+    "finetune": {"model": ("efficientnet-lite0", "resnet50")},
+    "estimate": {"head": ("linear", "mlp"), "dtype": ("float32", "float64"),
+                 "feature_norm": ("center-l2", "none")},
+    "valuenet": {"loss": ("mae", "mse"), "target_scale": ("mean-abs", "none")},
+    "filter": {"decide_by": ("mc", "valuenet"),
+               "output": ("copy", "hardlink", "symlink", "none")},
+}
+
+
+def _check_choice(section: str, obj: Any, name: str) -> None:
+    choices = CHOICES[section][name]
     value = getattr(obj, name)
     if value not in choices:
         _fail(section, name, f"must be one of {', '.join(choices)}", value)
@@ -65,7 +77,7 @@ class FinetuneConfig:
     threads: int = 0  # torch threads; 0 = all cores
 
     def validate(self) -> "FinetuneConfig":
-        _check_choice("finetune", self, "model", ("efficientnet-lite0", "resnet50"))
+        _check_choice("finetune", self, "model")
         _check_positive("finetune", self, "epochs", "batch_size", "patience")
         if not (math.isfinite(self.lr) and self.lr > 0):
             _fail("finetune", "lr", "must be a finite number > 0", self.lr)
@@ -133,9 +145,9 @@ class EstimateConfig:
                         "val_per_class", "hidden", "checkpoint_every", "memory_budget_mb")
         if not (math.isfinite(self.lr) and self.lr > 0):
             _fail("estimate", "lr", "must be a finite number > 0", self.lr)
-        _check_choice("estimate", self, "head", ("linear", "mlp"))
-        _check_choice("estimate", self, "dtype", ("float32", "float64"))
-        _check_choice("estimate", self, "feature_norm", ("center-l2", "none"))
+        _check_choice("estimate", self, "head")
+        _check_choice("estimate", self, "dtype")
+        _check_choice("estimate", self, "feature_norm")
         if self.threads < 0:
             _fail("estimate", "threads", "must be >= 0", self.threads)
         if self.episode_per_class < -1:
@@ -167,8 +179,8 @@ class ValueNetConfig:
             _fail("valuenet", "dropout", "must be in [0, 1)", self.dropout)
         if not 0 < self.val_split < 1:
             _fail("valuenet", "val_split", "must be in (0, 1)", self.val_split)
-        _check_choice("valuenet", self, "loss", ("mae", "mse"))
-        _check_choice("valuenet", self, "target_scale", ("mean-abs", "none"))
+        _check_choice("valuenet", self, "loss")
+        _check_choice("valuenet", self, "target_scale")
         return self
 
 
@@ -193,8 +205,8 @@ class FilterConfig:
                 _fail("filter", name, "must be a finite number", getattr(self, name))
         if self.confidence_z < 0:
             _fail("filter", "confidence_z", "must be >= 0", self.confidence_z)
-        _check_choice("filter", self, "decide_by", ("mc", "valuenet"))
-        _check_choice("filter", self, "output", ("copy", "hardlink", "symlink", "none"))
+        _check_choice("filter", self, "decide_by")
+        _check_choice("filter", self, "output")
         return self
 
 

@@ -12,10 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from .config import CHOICES
 from .errors import TvcleanError
 from .progress import Progress
 
-MODES = ("copy", "hardlink", "symlink", "none")
+MODES = CHOICES["filter"]["output"]
 
 
 def check_outside_inputs(run_root: Path, inputs: Sequence[str | Path]) -> None:
