@@ -85,6 +85,15 @@ def _init_softmax_state(val_logits, exps, sums):
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _softmax_state(val_logits):
+    """New (exps (K, M), sums (M,)) arrays of the validation softmax, in the logits' dtype."""
+    exps = np.empty(val_logits.shape, val_logits.dtype)
+    sums = np.empty(val_logits.shape[1], val_logits.dtype)
+    _init_softmax_state(val_logits, exps, sums)
+    return exps, sums
+
+
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
 def _rescale_rows(exps, sums):
     """Keep every validation example's exponentials within float range (rarely acts)."""
     outside = 0
@@ -248,9 +257,7 @@ def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds
     dtype = sub_feats.dtype
     weights = init_weights.copy()
     bias = np.zeros(n_classes, dtype)
-    exps = np.empty((n_classes, n_val), dtype)
-    sums = np.empty(n_val, dtype)
-    _init_softmax_state(init_val_logits, exps, sums)
+    exps, sums = _softmax_state(init_val_logits)
     logits = np.empty(n_classes, dtype)
     step = np.zeros(n_classes, dtype)
     acc = np.empty(n_val, dtype)
@@ -378,9 +385,7 @@ def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_
     w2 = init_w2.copy()
     b2 = np.zeros(n_classes, dtype)
     val_pre = init_val_pre.copy()
-    exps = np.empty((n_classes, n_val), dtype)
-    sums = np.empty(n_val, dtype)
-    _init_softmax_state(init_val_logits, exps, sums)
+    exps, sums = _softmax_state(init_val_logits)
     pre = np.empty(n_hidden, dtype)
     hidden = np.empty(n_hidden, dtype)
     logits = np.empty(n_classes, dtype)
