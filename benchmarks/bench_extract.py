@@ -30,10 +30,10 @@ import numpy as np
 from PIL import Image
 
 from tvcore.config import ExtractConfig
-from tvcore.dataset import discover
-from tvcore.features import FeatureExtractor, available_cores, extract
-from tvcore.images import load_image
-from tvcore.modelzoo import resolve_model
+from tvcore.io.dataset import discover
+from tvcore.stages.extract import FeatureExtractor, available_cores, extract
+from tvcore.io.images import load_image
+from tvcore.io.modelzoo import resolve_model
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 FASHION_LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")

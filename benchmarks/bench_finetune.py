@@ -44,14 +44,14 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from tvcore import demo
-from tvcore.augment import load_augmented
+from tvcore.stages import demo
+from tvcore.nets.augment import load_augmented
 from tvcore.config import Config, FinetuneConfig
-from tvcore.export import build_backbone, export_onnx
-from tvcore.features import available_cores
-from tvcore.finetune import FinetuneResult, finetune, training_preprocess
-from tvcore.modelzoo import KNOWN_MODELS, model_from_file, write_metadata
-from tvcore.values import training_values
+from tvcore.nets.export import build_backbone, export_onnx
+from tvcore.stages.extract import available_cores
+from tvcore.stages.finetune import FinetuneResult, finetune, training_preprocess
+from tvcore.io.modelzoo import KNOWN_MODELS, model_from_file, write_metadata
+from tvcore.engine.decisions import training_values
 
 from .bench_quality import _row, format_table
 from .datasets import FeatureData, cache_dir, fashion_images, image_features, load_features
@@ -137,7 +137,7 @@ def step_seconds(size: int, batches: int, splits, threads: int, batch_size: int 
 
     The images are decoded from PNG bytes as in a real run; decoding is not timed.
     """
-    from tvcore.finetune_torch import Trainer, torch_threads
+    from tvcore.nets.training import Trainer, torch_threads
 
     settings = FinetuneConfig(model=MODEL, input_size=size)
     prep = training_preprocess(settings)

@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from tvcore import montecarlo
+from tvcore.engine import montecarlo
 from tvcore.config import EstimateConfig
-from tvcore.featurenorm import normalize as normalize_features
+from tvcore.engine.featurenorm import normalize as normalize_features
 
 
 # The issue's reference configuration: the original's lr on raw features, every
@@ -140,9 +140,9 @@ def bench_scaling(args) -> None:
 _COMPILE_PROBE = """
 import time, numpy as np
 start = time.perf_counter()
-from tvcore import montecarlo
+from tvcore.engine import montecarlo
 from tvcore.config import EstimateConfig
-from tvcore.featurenorm import normalize as normalize_features
+from tvcore.engine.featurenorm import normalize as normalize_features
 rng = np.random.default_rng(0)
 for head in ("linear", "mlp"):
     config = EstimateConfig(episodes=1, head=head, hidden=4)

@@ -31,8 +31,8 @@ from threadpoolctl import threadpool_limits
 
 from tvcore.config import Config
 from tvcore.errors import TvcleanError
-from tvcore.evaluate import detection_metrics
-from tvcore.values import training_values
+from tvcore.stages.evaluate import detection_metrics
+from tvcore.engine.decisions import training_values
 
 from .datasets import DATASETS, NOISES, FeatureData, class_pairs, load_features, noisy_labels
 from .datasets import downstream_accuracy

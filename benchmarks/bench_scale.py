@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvcore.featureset import INDEX_HEADER
+from tvcore.rundir.featureset import INDEX_HEADER
 from tvcore.rundir import RunDir, atomic_write_csv, atomic_write_json
 
 DIM, CLASSES, VAL_PER_CLASS_ROWS = 1280, 50, 100
@@ -72,9 +72,9 @@ def make_run(root: Path, rows: int) -> RunDir:
 def child(args) -> None:
     """In the measured process: estimate + filter, then times as JSON on stdout."""
     from tvcore.config import Config, EstimateConfig, FilterConfig
-    from tvcore.distributed import open_cluster
-    from tvcore.estimate import estimate
-    from tvcore.filtering import filter_run
+    from tvcore.cluster import open_cluster
+    from tvcore.stages.estimate import estimate
+    from tvcore.stages.filter import filter_run
 
     config = Config(estimate=EstimateConfig(
         episodes=args.episodes, per_class=args.per_class, val_per_class=args.val_per_class,

@@ -16,7 +16,7 @@ file would), and are cached under $TVCLEAN_BENCH_CACHE or
 ~/.cache/tvclean/bench, keyed by the model's sha256.
 
 Noise (`NOISES`): symmetric (a fraction of all labels moved to a uniformly
-chosen other class, `tvcore.demo.flip_labels`) and pair noise (in every
+chosen other class, `tvcore.stages.demo.flip_labels`) and pair noise (in every
 class, that fraction of its images moved to the class its images are most
 often mistaken for; see `most_confusable`).
 """
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tvcore import images as tv_images
-from tvcore.demo import CLASS_NAMES as FASHION_CLASSES
-from tvcore.demo import first_per_class, flip_labels, load_fashion_mnist
+from tvcore.io import images as tv_images
+from tvcore.stages.demo import CLASS_NAMES as FASHION_CLASSES
+from tvcore.stages.demo import first_per_class, flip_labels, load_fashion_mnist
 from tvcore.errors import TvcleanError
-from tvcore.features import FeatureExtractor
-from tvcore.modelzoo import ModelSpec, resolve_model
+from tvcore.stages.extract import FeatureExtractor
+from tvcore.io.modelzoo import ModelSpec, resolve_model
 from tvcore.progress import Progress
 from tvcore.rundir import atomic_save_npz, atomic_write_json, read_json
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from tvcore.distributed import open_cluster
-from tvcore.pipeline import clean
+from tvcore.cluster import open_cluster
+from tvcore.stages.clean import clean
 
 from .common import echo_json, info, user_errors
 from .estimate_cmd import ESTIMATE_HELP

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvcore.demo import DEMO_NOISE, run_demo
+from tvcore.stages.demo import DEMO_NOISE, run_demo
 
 from .common import echo_json, user_errors
 

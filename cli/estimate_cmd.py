@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import numpy as np
 
-from tvcore.distributed import open_cluster
-from tvcore.estimate import estimate
+from tvcore.cluster import open_cluster
+from tvcore.stages.estimate import estimate
 
 from .common import echo_json, info, user_errors
 from .options import (build_config, cluster_options, config_file_option, split_options,

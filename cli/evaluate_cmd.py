@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from tvcore.evaluate import evaluate as evaluate_run
-from tvcore.evaluate import format_evaluation
+from tvcore.stages.evaluate import evaluate as evaluate_run
+from tvcore.stages.evaluate import format_evaluation
 
 from .common import echo_json, user_errors
 

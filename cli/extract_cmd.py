@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from tvcore.distributed import open_cluster
-from tvcore.features import ExtractSummary, extract
+from tvcore.cluster import open_cluster
+from tvcore.stages.extract import ExtractSummary, extract
 
 from .common import echo_json, user_errors
 from .options import (build_config, cluster_options, config_file_option, split_options,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvcore.filtering import filter_run
+from tvcore.stages.filter import filter_run
 
 from .common import echo_json, info, user_errors
 from .options import build_config, config_file_option, split_options, stage_options

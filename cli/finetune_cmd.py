@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvcore.finetune import FinetuneResult, finetune
+from tvcore.stages.finetune import FinetuneResult, finetune
 
 from .common import echo_json, user_errors
 from .options import build_config, config_file_option, split_options, stage_options

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvcore.modelzoo import cache_dir, fetch_model, list_models
+from tvcore.io.modelzoo import cache_dir, fetch_model, list_models
 
 from .common import echo_json, info, user_errors
 
@@ -50,7 +50,7 @@ def export_command(name, out, weights, untrained):
     The export is checked against torch (max |difference| printed) and gets a
     JSON of metadata with its sha256 next to it.
     """
-    from tvcore.export import export_model
+    from tvcore.nets.export import export_model
     result = export_model(name, out=out, pretrained=not untrained, weights=weights)
     diff = ", ".join(f"{k} {v:.2e}" for k, v in result.max_abs_diff.items())
     click.echo(f"exported {result.path}\nsha256 {result.sha256}\nmax |onnx - torch|: {diff}")

@@ -111,7 +111,7 @@ def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 def cluster_options(fn: Callable) -> Callable:
     """Decorator adding the Dask options --scheduler ADDRESS and --workers N (parameters
-    `scheduler`, `workers`; see tvcore.distributed.open_cluster)."""
+    `scheduler`, `workers`; see tvcore.cluster.open_cluster)."""
     fn = click.option(
         "--workers", "workers", type=click.IntRange(min=1), default=None, metavar="N",
         help="Run on a local Dask cluster of N worker processes (needs tvclean[dask]); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tvcore.report import write_report
+from tvcore.stages.report import write_report
 
 from .common import user_errors
 from .options import build_config, split_options, stage_options

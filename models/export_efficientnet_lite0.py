@@ -5,7 +5,7 @@ Needs the torch extra: pip install 'tvclean[torch]'. Run: python models/export_e
 
 from pathlib import Path
 
-from tvcore.export import export_model
+from tvcore.nets.export import export_model
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ Run: python models/export_resnet50.py [--weights FILE] [--out PATH] [--untrained
 
 import argparse
 
-from tvcore.export import export_model
+from tvcore.nets.export import export_model
 
 
 def main() -> None:

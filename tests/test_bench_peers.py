@@ -16,11 +16,11 @@ from benchmarks.datasets import (FeatureData, image_features, most_confusable,  
                                  noisy_labels, pair_noise)
 from benchmarks.peers import knn_shapley, knn_shapley_values  # noqa: E402
 from tvcore.config import ExtractConfig  # noqa: E402
-from tvcore.demo import load_archive  # noqa: E402
+from tvcore.stages.demo import load_archive  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
-from tvcore.features import extract  # noqa: E402
-from tvcore.featureset import load_features  # noqa: E402
-from tvcore.modelzoo import resolve_model  # noqa: E402
+from tvcore.stages.extract import extract  # noqa: E402
+from tvcore.rundir.featureset import load_features  # noqa: E402
+from tvcore.io.modelzoo import resolve_model  # noqa: E402
 
 
 # --- KNN-Shapley ---------------------------------------------------------------------------

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-import tvcore.values as values_module
+import tvcore.engine.decisions as values_module
 from runfixtures import clustered_features
 from tvcore.config import ValueNetConfig
-from tvcore.valuenet import fit_valuenet
-from tvcore.values import MonteCarloValues, predict_values, suggest_labels
+from tvcore.engine.valuenet import fit_valuenet
+from tvcore.engine.decisions import MonteCarloValues, predict_values, suggest_labels
 
 
 def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imagefiles import write_digit_tree, write_photo
-from tvcore.dataset import discover
+from tvcore.io.dataset import discover
 from tvcore.errors import TvcleanError
 
 

@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import tvcore.distributed as dist
-import tvcore.features as features_module
+import tvcore.cluster as dist
+import tvcore.stages.extract as features_module
 from imagefiles import write_bad_files, write_digit_tree
 from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
-from tvcore import montecarlo
+from tvcore.engine import montecarlo
 from tvcore.config import EstimateConfig, ExtractConfig
 from tvcore.errors import TvcleanError
-from tvcore.estimate import estimate, load_estimates
-from tvcore.features import extract
-from tvcore.featureset import load_features
+from tvcore.stages.estimate import estimate, load_estimates
+from tvcore.stages.extract import extract
+from tvcore.rundir.featureset import load_features
 
 pytestmark = pytest.mark.dask
 

@@ -18,7 +18,7 @@ from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
 from tvcore.config import EstimateConfig
 from tvcore.errors import TvcleanError
-from tvcore.estimate import estimate, load_estimates
+from tvcore.stages.estimate import estimate, load_estimates
 from tvcore.rundir import RunDir, read_csv
 
 
@@ -89,7 +89,7 @@ def test_changed_options_start_afresh(feature_run):
 _WORKER = textwrap.dedent("""
     import sys
     from tvcore.config import EstimateConfig
-    from tvcore.estimate import estimate
+    from tvcore.stages.estimate import estimate
     estimate(sys.argv[1], EstimateConfig(episodes=40, lr=0.01, checkpoint_every=1), progress=False)
 """)
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from tvcore.errors import TvcleanError
-from tvcore.evaluate import detection_metrics, evaluate, format_evaluation
+from tvcore.stages.evaluate import detection_metrics, evaluate, format_evaluation
 from tvclean.main import cli
 
 HEADER = ["path", "label", "class_name", "predicted_value", "mc_value", "mc_stderr", "mc_count",

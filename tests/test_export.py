@@ -15,12 +15,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from imagefiles import write_digit_tree  # noqa: E402
 from tvclean.main import cli  # noqa: E402
-from tvcore import export  # noqa: E402
+from tvcore.nets import export  # noqa: E402
 from tvcore.config import ExtractConfig  # noqa: E402
-from tvcore.featureset import load_features  # noqa: E402
-from tvcore.features import extract  # noqa: E402
+from tvcore.rundir.featureset import load_features  # noqa: E402
+from tvcore.stages.extract import extract  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
-from tvcore.modelzoo import embedded_dir, resolve_model  # noqa: E402
+from tvcore.io.modelzoo import embedded_dir, resolve_model  # noqa: E402
 
 TORCHVISION_RESNET50_PARAMETERS = 25_557_032
 

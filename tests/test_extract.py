@@ -16,15 +16,15 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-import tvcore.features as features_module
+import tvcore.stages.extract as features_module
 from imagefiles import write_bad_files, write_digit_tree, write_photo
 from tvclean.main import cli
 from tvcore.config import ExtractConfig
 from tvcore.errors import TvcleanError
-from tvcore.featureset import load_features
-from tvcore.features import extract
-from tvcore.images import load_image
-from tvcore.modelzoo import embedded_dir, resolve_model
+from tvcore.rundir.featureset import load_features
+from tvcore.stages.extract import extract
+from tvcore.io.images import load_image
+from tvcore.io.modelzoo import embedded_dir, resolve_model
 
 EMBEDDED = embedded_dir() / "efficientnet-lite0.onnx"
 DAISY, PALACE = 985, 698
@@ -131,7 +131,7 @@ def test_other_model_into_the_same_run_is_refused(data, extracted, tmp_path):
 
 KILLABLE = """
 import sys
-import tvcore.features as f
+import tvcore.stages.extract as f
 from tvcore.config import ExtractConfig
 f.CHECKPOINT_SECONDS = 0.0
 f.extract(sys.argv[1], None, sys.argv[2], ExtractConfig(batch_size=4, threads=1), progress=False)

@@ -14,9 +14,9 @@ from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
 from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
-from tvcore.estimate import estimate
-from tvcore.filtering import filter_run, load_training_values
-from tvcore.splitdata import check_outside_inputs, relative_name
+from tvcore.stages.estimate import estimate
+from tvcore.stages.filter import filter_run, load_training_values
+from tvcore.rundir.splitdata import check_outside_inputs, relative_name
 
 
 def _digest(folder: Path) -> dict[str, str]:

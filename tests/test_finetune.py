@@ -17,14 +17,14 @@ from scipy.special import log_softmax
 from imagefiles import write_bad_files, write_digit_tree, write_photo
 from tvclean.clean_cmd import run_config
 from tvclean.main import cli
-from tvcore import finetune as finetune_module
-from tvcore.augment import load_augmented, random_box
+from tvcore.stages import finetune as finetune_module
+from tvcore.nets.augment import load_augmented, random_box
 from tvcore.config import Config, FinetuneConfig
-from tvcore.dataset import discover
+from tvcore.io.dataset import discover
 from tvcore.errors import TvcleanError
-from tvcore.finetune import EarlyStopping, finetune, replay_early_stopping, training_preprocess
-from tvcore.images import IMAGENET_MEAN, TFLITE_MEAN, Preprocess, load_image
-from tvcore.modelzoo import resolve_model
+from tvcore.stages.finetune import EarlyStopping, finetune, replay_early_stopping, training_preprocess
+from tvcore.io.images import IMAGENET_MEAN, TFLITE_MEAN, Preprocess, load_image
+from tvcore.io.modelzoo import resolve_model
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="needs the torch extra")
@@ -198,7 +198,7 @@ def test_best_checkpoint_is_a_plain_state_dict_of_the_exported_model(tuned):
     import onnxruntime as ort
     import torch
 
-    from tvcore.export import build_backbone
+    from tvcore.nets.export import build_backbone
 
     state = torch.load(tuned.run / "finetune" / "best.pt", weights_only=True)
     assert state["epoch"] == tuned.best_epoch
@@ -235,7 +235,7 @@ class StepCounter:
     KeyboardInterrupt, as Ctrl-C would."""
 
     def __init__(self, monkeypatch, interrupt_at: int | None = None):
-        from tvcore import finetune_torch
+        from tvcore.nets import training as finetune_torch
 
         self.steps: list[int] = []
         self.interrupt_at = interrupt_at

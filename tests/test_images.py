@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imagefiles import photo, write_bad_files, write_photo
-from tvcore.images import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, _UPRIGHT, load_image,
+from tvcore.io.images import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, _UPRIGHT, load_image,
                            normalise)
 
 PREP = Preprocess()

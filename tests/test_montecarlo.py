@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from naive import naive_linear_deltas, naive_mlp_deltas
-from tvcore import montecarlo
+from tvcore.engine import montecarlo
 from tvcore.config import EstimateConfig
 from tvcore.errors import TvcleanError
 

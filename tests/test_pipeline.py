@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from imagefiles import write_digit_tree
 from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
-from tvcore import demo
+from tvcore.stages import demo
 from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
-from tvcore.estimate import estimate
-from tvcore.filtering import filter_run, load_training_values
-from tvcore.pipeline import clean
-from tvcore.values import training_values
+from tvcore.stages.estimate import estimate
+from tvcore.stages.filter import filter_run, load_training_values
+from tvcore.stages.clean import clean
+from tvcore.engine.decisions import training_values
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

@@ -24,9 +24,9 @@ from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
 from tvcore.config import Config, EstimateConfig, FilterConfig, ReportConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
-from tvcore.estimate import estimate
-from tvcore.filtering import filter_run, load_training_values
-from tvcore.report import (embedding_rows, extreme_rows, load_report_data, rank_convergence,
+from tvcore.stages.estimate import estimate
+from tvcore.stages.filter import filter_run, load_training_values
+from tvcore.stages.report import (embedding_rows, extreme_rows, load_report_data, rank_convergence,
                            stage_timings, thumbnail_uri, tsne_2d, write_report)
 
 # A class folder name that breaks HTML unless escaped, and one that breaks matplotlib mathtext.
@@ -301,7 +301,7 @@ def test_report_renders_in_chromium(report, tmp_path):
 
 
 def test_evaluation_is_saved_and_shown(tmp_path):
-    from tvcore.evaluate import evaluate
+    from tvcore.stages.evaluate import evaluate
 
     run = _filtered_run(tmp_path)
     rows = load_training_values(run)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from tvcore.vmath import vexpm1, vlog1p
+from tvcore.engine.vmath import vexpm1, vlog1p
 
 
 @njit(fastmath={"contract"}, error_model="numpy")

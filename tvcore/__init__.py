@@ -30,19 +30,19 @@ from .rundir import RunDir  # noqa: E402
 
 # name -> module that defines it (imported lazily, PEP 562)
 _LAZY = {
-    "extract": "features",
-    "finetune": "finetune",
-    "estimate": "estimate",
-    "load_estimates": "estimate",
-    "filter_run": "filtering",
-    "load_training_values": "filtering",
-    "clean": "pipeline",
-    "write_report": "report",
-    "evaluate": "evaluate",
-    "detection_metrics": "evaluate",
-    "training_values": "values",
-    "load_features": "featureset",
-    "run_demo": "demo",
+    "extract": "stages.extract",
+    "finetune": "stages.finetune",
+    "estimate": "stages.estimate",
+    "load_estimates": "stages.estimate",
+    "filter_run": "stages.filter",
+    "load_training_values": "stages.filter",
+    "clean": "stages.clean",
+    "write_report": "stages.report",
+    "evaluate": "stages.evaluate",
+    "detection_metrics": "stages.evaluate",
+    "training_values": "engine.decisions",
+    "load_features": "rundir.featureset",
+    "run_demo": "stages.demo",
 }
 
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TvcleanError
+from ..errors import TvcleanError
 from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
-from .progress import Progress
-from .rundir import _FILE_MODE as FILE_MODE  # mkstemp alone would give 0600
-from .rundir import atomic_write_with
-from .rundir import atomic_write_json, read_json
+from ..progress import Progress
+from ..rundir import _FILE_MODE as FILE_MODE  # mkstemp alone would give 0600
+from ..rundir import atomic_write_with
+from ..rundir import atomic_write_json, read_json
 
 NORMALISATIONS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TvcleanError
-from .rundir import RunDir, load_npy, read_csv, read_json
+from ..errors import TvcleanError
+from . import RunDir, load_npy, read_csv, read_json
 
 INDEX_HEADER = ("path", "label", "class_name", "status", "error")
 

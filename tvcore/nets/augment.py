@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images
-from .images import DEFAULT_MAX_PIXELS, Preprocess, normalise
+from ..io import images
+from ..io.images import DEFAULT_MAX_PIXELS, Preprocess, normalise
 
 CROP_AREA = (0.5, 1.0)  # fraction of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height

@@ -46,8 +46,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .config import Config, SECTIONS, dump_toml
-from .errors import TvcleanError
+from ..config import Config, SECTIONS, dump_toml
+from ..errors import TvcleanError
 
 FEATURES = "features"
 ESTIMATES = "estimates"

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .errors import TvcleanError
-from .rundir import RunDir, atomic_write_json
+from ..errors import TvcleanError
+from ..rundir import RunDir, atomic_write_json
 
 EVALUATION_FILE = "evaluation.json"  # written into the run directory
 

@@ -38,16 +38,16 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import export
-from .augment import load_augmented
-from .config import Config, FinetuneConfig
-from .dataset import Dataset, SplitFiles, discover
-from .errors import TvcleanError
-from .features import FeatureExtractor, available_cores
-from .images import Preprocess, load_image
-from .modelzoo import KNOWN_MODELS, model_from_file, sha256_file, write_metadata
-from .progress import Progress
-from .rundir import RunDir, atomic_write_json, read_json
+from ..nets import export
+from ..nets.augment import load_augmented
+from ..config import Config, FinetuneConfig
+from ..io.dataset import Dataset, SplitFiles, discover
+from ..errors import TvcleanError
+from .extract import FeatureExtractor, available_cores
+from ..io.images import Preprocess, load_image
+from ..io.modelzoo import KNOWN_MODELS, model_from_file, sha256_file, write_metadata
+from ..progress import Progress
+from ..rundir import RunDir, atomic_write_json, read_json
 
 FINETUNE = "finetune"
 MODEL_FILE = "model.onnx"
@@ -231,7 +231,7 @@ def _train_and_export(dataset: Dataset, run: RunDir, config: Config, prep: Prepr
                       fingerprint: str, progress: bool | None) -> FinetuneResult:
     settings = config.finetune
     backbone = _backbone(settings)
-    from . import finetune_torch as ft
+    from ..nets import training as ft
 
     folder = run.root / FINETUNE
     folder.mkdir(parents=True, exist_ok=True)
@@ -297,7 +297,7 @@ class _Training:
 
     def __init__(self, trainer, dataset: Dataset, prep: Preprocess, config: Config, folder: Path,
                  progress: bool | None):
-        from . import finetune_torch
+        from ..nets import training as finetune_torch
 
         self.ft = finetune_torch
         self.trainer = trainer

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config, FilterConfig
+from ..config import Config, FilterConfig
 from .estimate import Estimates, load_estimates
-from .featureset import FeatureSet, load_features
-from .rundir import RunDir, atomic_write_csv, read_csv
-from .splitdata import check_outside_inputs, relative_name, write_split_dataset
-from .valuenet import ValueNet, load_valuenets, save_valuenets
-from .featurenorm import FeatureView
-from .values import decision_scores, fit_class_valuenets, predict_values, suggest_labels
+from ..rundir.featureset import FeatureSet, load_features
+from ..rundir import RunDir, atomic_write_csv, read_csv
+from ..rundir.splitdata import check_outside_inputs, relative_name, write_split_dataset
+from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
+from ..engine.featurenorm import FeatureView
+from ..engine.decisions import decision_scores, fit_class_valuenets, predict_values, suggest_labels
 
 # score: the number the decision compares with the threshold (see values.decision_scores)
 TRAINING_VALUES_HEADER = ("path", "label", "class_name", "predicted_value", "mc_value",

@@ -7,13 +7,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import SECTIONS, Config
+from ..config import SECTIONS, Config
 from .estimate import Estimates, estimate
-from .features import ExtractSummary, extract
-from .filtering import FilterResult, filter_run
+from .extract import ExtractSummary, extract
+from .filter import FilterResult, filter_run
 from .finetune import FinetuneResult, finetune
-from .rundir import RunDir
-from .splitdata import check_outside_inputs
+from ..rundir import RunDir
+from ..rundir.splitdata import check_outside_inputs
 
 
 @dataclass

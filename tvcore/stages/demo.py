@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .config import Config
-from .errors import TvcleanError
-from .rundir import atomic_write_csv
+from ..config import Config
+from ..errors import TvcleanError
+from ..rundir import atomic_write_csv
 
 CLASS_NAMES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                "sneaker", "bag", "ankle-boot"]
@@ -133,7 +133,7 @@ def run_demo(out: str | Path, config: Config | None = None,
              progress: bool | None = None) -> DemoResult:
     """Materialize the demo data under OUT/data, clean it into OUT/run, score the result."""
     from .evaluate import evaluate
-    from .pipeline import clean
+    from .clean import clean
     from .report import write_report
 
     out = Path(out)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import mc_kernels
-from .config import EstimateConfig
-from .errors import TvcleanError
+from ..config import EstimateConfig
+from ..errors import TvcleanError
 
 # Independent random streams, derived from the user's seed.
 _SUBSET_STREAM = 1

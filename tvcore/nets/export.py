@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TvcleanError
-from .modelzoo import (FILE_MODE, KNOWN_MODELS, cache_dir, download, sha256_file,
+from ..errors import TvcleanError
+from ..io.modelzoo import (FILE_MODE, KNOWN_MODELS, cache_dir, download, sha256_file,
                        write_metadata)
 
 OPSET = 17

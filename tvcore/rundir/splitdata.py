@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from .config import CHOICES
-from .errors import TvcleanError
-from .progress import Progress
+from ..config import CHOICES
+from ..errors import TvcleanError
+from ..progress import Progress
 
 MODES = CHOICES["filter"]["output"]
 

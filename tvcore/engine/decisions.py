@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import montecarlo
-from .config import Config, EstimateConfig, FilterConfig
-from .errors import TvcleanError
+from ..config import Config, EstimateConfig, FilterConfig
+from ..errors import TvcleanError
 from .featurenorm import FeatureView, fit_center
 from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
 

@@ -22,15 +22,15 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
-from .config import Config, ExtractConfig
-from .dataset import Dataset, SplitFiles, discover
-from .errors import TvcleanError
-from .featureset import INDEX_HEADER
-from .images import load_image
-from .modelzoo import ModelSpec, resolve_model
-from .progress import Progress
-from .rundir import RunDir, atomic_write_csv, atomic_write_json, read_csv, read_json
+from .. import __version__
+from ..config import Config, ExtractConfig
+from ..io.dataset import Dataset, SplitFiles, discover
+from ..errors import TvcleanError
+from ..rundir.featureset import INDEX_HEADER
+from ..io.images import load_image
+from ..io.modelzoo import ModelSpec, resolve_model
+from ..progress import Progress
+from ..rundir import RunDir, atomic_write_csv, atomic_write_json, read_csv, read_json
 
 CHECKPOINT_SECONDS = 2.0  # at most this much work is redone after a kill
 PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
@@ -240,7 +240,7 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
             f"{len(dataset.val)} val images, {len(dataset.classes)} classes")
     started = time.perf_counter()
     if cluster is not None:
-        from .distributed import extract_on_cluster
+        from ..cluster import extract_on_cluster
         writers, dim = extract_on_cluster(cluster, run, dataset, model, fingerprint, config,
                                           progress)
     else:

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import FinetuneConfig
-from .errors import TvcleanError
-from .rundir import atomic_write_bytes
+from ..config import FinetuneConfig
+from ..errors import TvcleanError
+from ..rundir import atomic_write_bytes
 
 BATCHNORM_MOMENTUM = 0.1  # PyTorch's default; ResNet50 already has it
 

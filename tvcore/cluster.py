@@ -265,7 +265,7 @@ class ProblemData:
         if self._problem is None:
             from threadpoolctl import threadpool_limits
 
-            from .montecarlo import MonteCarloProblem
+            from .engine.montecarlo import MonteCarloProblem
             with threadpool_limits(threads or None):
                 self._problem = MonteCarloProblem(self.sub_feats, self.sub_labels, self.val_feats,
                                                   self.val_labels, self.n_classes, self.config)
@@ -283,8 +283,8 @@ def driver_config(config):
 
 def _episode_block(data: ProblemData, plan: ThreadPlan, first: int, stop: int) -> np.ndarray:
     """On a worker: loss drops (E, epochs, N) of episodes first..stop-1."""
-    from .estimate import set_threads
-    from .montecarlo import run_episodes
+    from .stages.estimate import set_threads
+    from .engine.montecarlo import run_episodes
     with _WORKER_LOCK:
         threads = set_threads(plan.on_this_worker())
         return run_episodes(data.problem(threads), first, stop)
@@ -298,7 +298,7 @@ def estimate_values(problem, config, cluster, acc=None, block: int | None = None
     config: the EstimateConfig the workers use; acc, block, on_block: as in
     montecarlo.estimate_values. Blocks are folded strictly in episode order.
     """
-    from .montecarlo import ValueAccumulator
+    from .engine.montecarlo import ValueAccumulator
     cluster = as_cluster(cluster)
     block = block or config.checkpoint_every
     acc = acc or ValueAccumulator(problem.n_sub)
@@ -357,8 +357,8 @@ _EXTRACTORS: dict[ExtractSettings, Any] = {}  # per worker process: the model is
 def _worker_extractor(settings: ExtractSettings):
     with _WORKER_LOCK:
         if settings not in _EXTRACTORS:
-            from .features import FeatureExtractor
-            from .modelzoo import resolve_model
+            from .stages.extract import FeatureExtractor
+            from .io.modelzoo import resolve_model
             model = resolve_model(settings.model)
             if model.sha256 != settings.sha256:
                 raise TvcleanError(f"model {settings.model} on worker {os.uname().nodename} has "
@@ -404,7 +404,7 @@ def extract_settings(config, model, cluster: Cluster) -> ExtractSettings:
 def _model_reference(name: str, model) -> str:
     """What workers resolve: a known or cached model by its name (each worker's own copy),
     a model file by its absolute path (as tvcore.modelzoo.resolve_model tells them apart)."""
-    from .modelzoo import KNOWN_MODELS
+    from .io.modelzoo import KNOWN_MODELS
     is_file = name not in KNOWN_MODELS and (
         name.endswith(".onnx") or os.sep in name or Path(name).expanduser().exists())
     return str(model.path) if is_file else name
@@ -432,7 +432,7 @@ def extract_on_cluster(cluster, run, dataset, model, fingerprint: str, config,
     interruption are not redone: the progress record lists those that
     finished beyond the contiguous rows_done.
     """
-    from .features import _SplitWriter
+    from .stages.extract import _SplitWriter
 
     cluster = as_cluster(cluster)
     settings = extract_settings(config, model, cluster)
@@ -484,7 +484,7 @@ def _write_shard(writer, first: int, features: np.ndarray, errors: dict[int, str
 
 def _fetch_shards(cluster: Cluster, settings: ExtractSettings, writers, shards, progress) -> None:
     """Run the shards (writer index, first, stop) and store each as it arrives, checkpointing."""
-    from .features import CHECKPOINT_SECONDS
+    from .stages.extract import CHECKPOINT_SECONDS
     from .progress import Progress
 
     tasks = [(writers[w].split.paths[first:stop],) for w, first, stop in shards]

@@ -17,14 +17,14 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from . import montecarlo
-from .config import Config, EstimateConfig
-from .featurenorm import FeatureView
-from .featureset import FeatureSet, load_features
-from .progress import Progress
-from .rundir import (RunDir, atomic_save_npy, atomic_save_npz, atomic_write_csv,
+from ..engine import montecarlo
+from ..config import Config, EstimateConfig
+from ..engine.featurenorm import FeatureView
+from ..rundir.featureset import FeatureSet, load_features
+from ..progress import Progress
+from ..rundir import (RunDir, atomic_save_npy, atomic_save_npz, atomic_write_csv,
                      atomic_write_json, load_npy, read_json)
-from .values import check_converged, feature_center
+from ..engine.decisions import check_converged, feature_center
 
 # Changing these does not change the values, so a checkpoint stays valid.
 _RESUMABLE_OPTIONS = ("episodes", "threads", "checkpoint_every", "memory_budget_mb")
@@ -129,7 +129,7 @@ def estimate(run: str | Path | RunDir, config: EstimateConfig | Config | None = 
     threads = set_threads(config.threads)
     features = load_features(run)
     if cluster is not None:
-        from . import distributed
+        from .. import cluster as distributed
     subset, problem, center = build_problem(features, config if cluster is None
                                     else distributed.driver_config(config))
     checkpoint = _Checkpoint(run, _fingerprint(config, problem, subset))

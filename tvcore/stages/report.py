@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import __version__
-from .config import Config, ReportConfig
-from .errors import TvcleanError
+from .. import __version__
+from ..config import Config, ReportConfig
+from ..errors import TvcleanError
 from .evaluate import EVALUATION_FILE
 from .estimate import Estimates, load_estimates
-from .featureset import FeatureSet, load_features
-from .filtering import load_training_values
-from .images import DEFAULT_MAX_PIXELS, _to_rgb_or_l
-from .progress import Progress
-from .rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
+from ..rundir.featureset import FeatureSet, load_features
+from .filter import load_training_values
+from ..io.images import DEFAULT_MAX_PIXELS, _to_rgb_or_l
+from ..progress import Progress
+from ..rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
 
 THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run

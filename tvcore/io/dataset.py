@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TvcleanError
+from ..errors import TvcleanError
 
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",

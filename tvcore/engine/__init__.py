@@ -1,0 +1,1 @@
+"""The engine: numba kernels and array computations (no files, no I/O)."""

@@ -1,0 +1,1 @@
+"""The torch side (the torch extra): backbones, export to ONNX, fine-tuning."""

@@ -1,0 +1,1 @@
+"""The pipeline stages: each reads and writes a run directory."""
