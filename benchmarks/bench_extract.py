@@ -31,7 +31,9 @@ from PIL import Image
 
 from tvcore.config import ExtractConfig
 from tvcore.io.dataset import discover
-from tvcore.stages.extract import FeatureExtractor, available_cores, extract
+from tvcore.cores import available_cores
+from tvcore.io.inference import FeatureExtractor
+from tvcore.stages.extract import extract
 from tvcore.io.images import load_image
 from tvcore.io.modelzoo import resolve_model
 

@@ -48,10 +48,10 @@ from tvcore.stages import demo
 from tvcore.nets.augment import load_augmented
 from tvcore.config import Config, FinetuneConfig
 from tvcore.nets.export import build_backbone, export_onnx
-from tvcore.stages.extract import available_cores
+from tvcore.cores import available_cores
 from tvcore.stages.finetune import FinetuneResult, finetune, training_preprocess
 from tvcore.io.modelzoo import KNOWN_MODELS, model_from_file, write_metadata
-from tvcore.engine.decisions import training_values
+from tvcore.labelissues import training_values
 
 from .bench_quality import _row, format_table
 from .datasets import FeatureData, cache_dir, fashion_images, image_features, load_features

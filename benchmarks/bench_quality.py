@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from tvcore.config import Config
 from tvcore.errors import TvcleanError
 from tvcore.stages.evaluate import detection_metrics
-from tvcore.engine.decisions import training_values
+from tvcore.labelissues import training_values
 
 from .datasets import DATASETS, NOISES, FeatureData, class_pairs, load_features, noisy_labels
 from .datasets import downstream_accuracy

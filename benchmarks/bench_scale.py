@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tvcore.rundir.featureset import INDEX_HEADER
-from tvcore.rundir import RunDir, atomic_write_csv, atomic_write_json
+from tvcore.rundir.tables import INDEX_COLUMNS as INDEX_HEADER
+from tvcore.atomicfile import atomic_write_csv, atomic_write_json
+from tvcore.rundir import RunDir
 
 DIM, CLASSES, VAL_PER_CLASS_ROWS = 1280, 50, 100
 CHUNK_ROWS = 8192

@@ -35,12 +35,14 @@ from PIL import Image
 
 from tvcore.io import images as tv_images
 from tvcore.stages.demo import CLASS_NAMES as FASHION_CLASSES
-from tvcore.stages.demo import first_per_class, flip_labels, load_fashion_mnist
+from tvcore.stages.demo import flip_labels
+
+from .fashion_mnist import first_per_class, load_fashion_mnist
 from tvcore.errors import TvcleanError
-from tvcore.stages.extract import FeatureExtractor
+from tvcore.io.inference import FeatureExtractor
 from tvcore.io.modelzoo import ModelSpec, resolve_model
 from tvcore.progress import Progress
-from tvcore.rundir import atomic_save_npz, atomic_write_json, read_json
+from tvcore.atomicfile import atomic_save_npz, atomic_write_json, read_json
 
 SPLIT_VERSION = 1  # bump when a split definition changes: old caches are then ignored
 DIGITS_TRAIN, DIGITS_VAL = 100, 30
@@ -124,7 +126,7 @@ def cache_dir() -> Path:
 
 def preprocess_grey(image: np.ndarray, model: ModelSpec) -> np.ndarray:
     """(H, W) uint8 grey image -> the model's (3, S, S) float32 input, as in `tvclean extract`."""
-    prepared = tv_images._prepare(Image.fromarray(image, mode="L"), model.preprocess,
+    prepared = tv_images.prepare(Image.fromarray(image, mode="L"), model.preprocess,
                                   tv_images.DEFAULT_MAX_PIXELS)
     if isinstance(prepared, str):
         raise TvcleanError(f"cannot preprocess a {image.shape} image: {prepared}")

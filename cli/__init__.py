@@ -1,1 +1,17 @@
-"""The `tvclean` command-line front end (installed as the `tvclean` package)."""
+"""tvclean: `import tvclean` gives the library (tvcore's API); `tvclean.main` is the CLI.
+
+    import tvclean
+    issues = tvclean.find_label_issues(X, y, X_val, y_val)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    import tvcore
+
+    if name in tvcore.__all__:
+        return getattr(tvcore, name)
+    raise AttributeError(f"module 'tvclean' has no attribute {name!r}")

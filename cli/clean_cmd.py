@@ -2,47 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from tvcore.cluster import open_cluster
+from tvcore.config import ExtractConfig
 from tvcore.stages.clean import clean
 
 from .common import echo_json, info, user_errors
-from .estimate_cmd import ESTIMATE_HELP
-from .extract_cmd import EXTRACT_HELP, describe
-from .filter_cmd import FILTER_HELP, VALUENET_HELP, filter_summary, print_filter_summary
+from .extract_cmd import describe
+from .filter_cmd import VALUENET_OPTIONS, filter_summary, print_filter_summary
 from .finetune_cmd import describe as describe_finetune
-from .options import (build_config, cluster_options, config_file_option, split_options,
-                      stage_options)
+from .options import build_config, cluster_options, config_file_option, stage_options
 
-# One --threads (the estimate stage's) serves both stages.
-CLEAN_EXTRACT_HELP = {k: v for k, v in EXTRACT_HELP.items() if k != "threads"}
-REPORT_HELP = {"enabled": "Write the HTML report RUN/report/index.html at the end."}
-CLEAN_FINETUNE_HELP = {
-    "enabled": "First fine-tune the CNN (--model) on the training labels, as `tvclean finetune` "
-               "(needs tvclean[torch]; settings: the [finetune] table of --config), and "
-               "extract features with it.",
-    "baseline": "Extract with this previously fine-tuned model (.onnx) instead of training.",
-}
+# One --threads (the estimate stage's) serves extraction and fine-tuning too.
+EXTRACT_OPTIONS = [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "threads"]
 
 
 def clean_options(fn):
-    fn = stage_options("report", REPORT_HELP, flags={"enabled": "report"})(fn)
-    for section, helps in (("filter", FILTER_HELP), ("valuenet", VALUENET_HELP),
-                           ("estimate", ESTIMATE_HELP), ("extract", CLEAN_EXTRACT_HELP)):
-        fn = stage_options(section, helps)(fn)
-    return stage_options("finetune", CLEAN_FINETUNE_HELP, flags={"enabled": "finetune"})(fn)
+    fn = stage_options("report", ["enabled"], flags={"enabled": "report"})(fn)
+    for section, names in (("filter", None), ("valuenet", VALUENET_OPTIONS),
+                           ("estimate", None), ("extract", EXTRACT_OPTIONS)):
+        fn = stage_options(section, names)(fn)
+    return stage_options("finetune", ["enabled", "baseline"], flags={"enabled": "finetune"})(fn)
 
 
-def run_config(config_file, options):
+def run_config(config_file, options, run):
     """The Config of a one-shot run: --threads applies to extraction (and fine-tuning) as
     well; with --finetune, --model names the backbone to fine-tune."""
-    stage, _ = split_options(options)
+    stage = dict(options)
     if stage.get("estimate__threads") is not None:
         stage["extract__threads"] = stage["finetune__threads"] = stage["estimate__threads"]
     if stage.get("finetune__enabled") and stage.get("extract__model") is not None:
         stage["finetune__model"] = stage.pop("extract__model")
-    return build_config(config_file, stage)
+    return build_config(config_file, stage, run)
 
 
 @click.command("clean")
@@ -65,7 +59,7 @@ def clean_command(train, val, run, config_file, as_json, scheduler, workers, **o
     Every stage resumes where an interrupted run stopped.
     """
     with open_cluster(scheduler, workers) as cluster:
-        result = clean(train, val, run, run_config(config_file, options), cluster=cluster)
+        result = clean(train, val, run, run_config(config_file, options, run), cluster=cluster)
     for warning in result.estimates.warnings + result.filter.warnings:
         info(f"warning: {warning}")
     if as_json:

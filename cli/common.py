@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -9,11 +10,12 @@ from typing import Any, Callable
 
 import click
 
-from tvcore.errors import TvcleanError
+from tvcore.errors import TvcleanError, one_line
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn TvcleanError into a one-line click error (exit code 1, no traceback)."""
+    """Turn TvcleanError (and operating-system errors: a full disk, a read-only folder, a
+    missing permission) into a one-line click error (exit code 1, no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -21,11 +23,24 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except TvcleanError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            raise click.ClickException(describe_os_error(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'PATH: cause' for an OSError, with a hint for the common causes."""
+    where = exc.filename if exc.filename is not None else "a file"
+    cause = exc.strerror or one_line(exc)
+    hint = {errno.ENOSPC: "free some space and re-run the same command to resume",
+            errno.EROFS: "the file system is read-only; choose a writable run directory",
+            errno.EACCES: "permission denied; check the folder's permissions",
+            errno.EDQUOT: "disk quota exceeded; free some space and re-run to resume"}
+    return f"{where}: {cause}" + (f" ({hint[exc.errno]})" if exc.errno in hint else "")
 
 
 def echo_json(obj: Any) -> None:

@@ -8,17 +8,8 @@ from tvcore.cluster import open_cluster
 from tvcore.stages.extract import ExtractSummary, extract
 
 from .common import echo_json, user_errors
-from .options import (build_config, cluster_options, config_file_option, split_options,
-                      stage_options)
+from .options import build_config, cluster_options, config_file_option, stage_options
 
-EXTRACT_HELP = {
-    "model": "Feature extractor: a known model name (efficientnet-lite0, resnet50), "
-             "a model in the cache, or a path to an .onnx file.",
-    "batch_size": "Images per inference call.",
-    "threads": "Cores for onnxruntime inference (0 = all), run as concurrent streams.",
-    "decode_workers": "Image-decoding threads (0 = one per core).",
-    "max_pixels": "Images with more pixels are skipped as decompression bombs.",
-}
 ERRORS_SHOWN = 5
 
 
@@ -27,7 +18,7 @@ ERRORS_SHOWN = 5
 @click.argument("val", type=click.Path(), required=False)
 @click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
               help="Run directory; features are written to RUN/features.")
-@stage_options("extract", EXTRACT_HELP)
+@stage_options("extract")
 @cluster_options
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -42,10 +33,9 @@ def extract_command(train, val, run, config_file, as_json, scheduler, workers,
     split column. Unreadable images are recorded and skipped; re-running
     resumes an interrupted run and skips a finished one.
     """
-    stage, _ = split_options(options)
-    config = build_config(config_file, stage, run)
+    config = build_config(config_file, options, run)
     with open_cluster(scheduler, workers) as cluster:
-        summary = extract(train, val, run, config.extract, cluster=cluster)
+        summary = extract(train, val, run, config, cluster=cluster)
     if as_json:
         echo_json(summary.to_dict())
     else:

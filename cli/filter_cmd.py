@@ -7,23 +7,9 @@ import click
 from tvcore.stages.filter import filter_run
 
 from .common import echo_json, info, user_errors
-from .options import build_config, config_file_option, split_options, stage_options
+from .options import build_config, config_file_option, stage_options
 
-FILTER_HELP = {
-    "threshold": "Images whose score (value + z x standard error) is below this are discarded.",
-    "confidence_z": "z in the score: discard only images confidently below the threshold "
-                    "(0 = the bare value, as the original).",
-    "decide_by": "For images in the Monte-Carlo subset, decide by their own estimate (mc) or "
-                 "by the value net's prediction (valuenet, as the original).",
-    "output": "How clean/ and dirty/ are written: copies, hard links, symbolic links, "
-              "or none (training_values.csv only).",
-    "prefix_values": "Prefix output file names with their score, as the original did with "
-                     "its value.",
-}
-VALUENET_HELP = {
-    "loss": "Loss of the value-net regressors.",
-    "target_scale": "Scale each class's targets by its mean |value| before training.",
-}
+VALUENET_OPTIONS = ("loss", "target_scale")  # the value-net options a user may want to change
 
 
 def print_filter_summary(result) -> None:
@@ -44,8 +30,8 @@ def filter_summary(result) -> dict:
 
 @click.command("filter")
 @click.argument("run", type=click.Path(file_okay=False))
-@stage_options("filter", FILTER_HELP)
-@stage_options("valuenet", VALUENET_HELP)
+@stage_options("filter")
+@stage_options("valuenet", VALUENET_OPTIONS)
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
@@ -56,8 +42,7 @@ def filter_command(run, config_file, as_json, **options):
     RUN/training_values.csv and RUN/clean/<class>/, RUN/dirty/<class>/. Your
     images are never modified, moved or deleted.
     """
-    stage, _ = split_options(options)
-    result = filter_run(run, build_config(config_file, stage, run))
+    result = filter_run(run, build_config(config_file, options, run))
     for warning in result.warnings:
         info(f"warning: {warning}")
     if as_json:

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
+from tvcore.config import FinetuneConfig
 from tvcore.stages.finetune import FinetuneResult, finetune
 
 from .common import echo_json, user_errors
-from .options import build_config, config_file_option, split_options, stage_options
+from .options import build_config, config_file_option, stage_options
 
-FINETUNE_HELP = {
-    "model": "ImageNet backbone to fine-tune.",
-    "baseline": "A previously fine-tuned model (.onnx, with its .json) to use instead of "
-                "training: it is checked and becomes the run's extraction model.",
-    "epochs": "At most this many epochs; training stops earlier when validation accuracy "
-              "stops improving.",
-    "batch_size": "Training images per SGD step.",
-    "lr": "SGD learning rate.",
-    "momentum": "SGD momentum.",
-    "nesterov": "Use Nesterov momentum.",
-    "weight_decay": "L2 weight decay.",
-    "min_delta": "A rise in validation accuracy larger than this counts as an improvement.",
-    "patience": "Stop after this many epochs without improvement.",
-    "input_size": "Training and export resolution in pixels, a multiple of 32; 0 = the "
-                  "model's own (224). Smaller is much faster on a CPU.",
-    "augment": "Random resized crops (50-100% of the area) and horizontal flips of the "
-               "training images.",
-    "pretrained": "Start from the ImageNet weights (--no-pretrained: random weights).",
-    "weights": "Local copy of the ImageNet weights (checked by sha256); without it ResNet50's "
-               "are downloaded from download.pytorch.org.",
-    "seed": "Seed of shuffling, crops and the new head: the same seed gives the same model.",
-    "threads": "torch threads (0 = all cores).",
-}
+FINETUNE_OPTIONS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name != "enabled"]
 
 
 @click.command("finetune")
@@ -39,7 +20,7 @@ FINETUNE_HELP = {
 @click.argument("val", type=click.Path(), required=False)
 @click.option("-o", "--run", "run", required=True, type=click.Path(file_okay=False),
               help="Run directory; the model is written to RUN/finetune/model.onnx.")
-@stage_options("finetune", FINETUNE_HELP)
+@stage_options("finetune", FINETUNE_OPTIONS)
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
@@ -51,8 +32,7 @@ def finetune_command(train, val, run, config_file, as_json, **options):
     extract` on RUN then uses it. Checkpoints let an interrupted run resume
     where it stopped. ResNet50's ImageNet weights need internet (or --weights).
     """
-    stage, _ = split_options(options)
-    result = finetune(train, val, run, build_config(config_file, stage, run))
+    result = finetune(train, val, run, build_config(config_file, options, run))
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -15,9 +15,13 @@ def cli() -> None:
     """Find and remove mislabeled images in a weakly-labeled training set.
 
     tvclean implements Training-ValueNet (Smyth et al., 2019): it extracts CNN
-    features, estimates each training image's value by Monte-Carlo training of
-    a small head, learns per-class regressors of that value, and discards
-    images whose predicted value is negative.
+    features, estimates each training image's value (how much one SGD step on
+    it lowers the loss on the validation set) by Monte-Carlo training of a
+    small head, and learns per-class regressors of that value. By default an
+    image is discarded when it is confidently harmful: its value plus one
+    standard error is below 0 (images of the Monte-Carlo subset use their own
+    estimate, the others their class's regressor). Start with `tvclean demo`,
+    or `tvclean clean TRAIN VAL -o RUN`.
     """
 
 

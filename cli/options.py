@@ -1,52 +1,51 @@
 """Click options generated from the stage config dataclasses, and config assembly.
 
-Every option defaults to None ("not given"), so that a value from `--config
-FILE` is only overridden by options the user actually typed; the help text
-shows the dataclass default.
+Every option's help text is its field's metadata in tvcore.config (the one
+source of --help, config.toml comments and the README's option table). Every
+option defaults to None ("not given"), so that only options the user typed
+override the configuration a command starts from (see build_config).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
-from tvcore.config import CHOICES, PRESETS, SECTIONS, Config, set_options
+from tvcore.config import CHOICES, PRESETS, SECTIONS, Config, resolve_config
+from tvcore.rundir import RunDir
 
 
-def _default(section: str, name: str) -> Any:
-    return getattr(SECTIONS[section](), name)
-
-
-def stage_options(section: str, helps: dict[str, str],
+def stage_options(section: str, names: Sequence[str] | None = None,
                   flags: dict[str, str] | None = None) -> Callable:
-    """Decorator adding one option per field named in `helps` (option `--field-name`,
-    or the name given in `flags`); fields in tvcore.config.CHOICES get their choices.
+    """Decorator adding one option per field of `section` (all fields, or `names`):
+    option `--field-name` (or the name given in `flags`), help from the field's
+    metadata plus its default; fields in tvcore.config.CHOICES get their choices.
 
     The option's parameter is called `<section>__<field>` so options of several
     stages can sit on one command (`tvclean clean`).
     """
     choices, flags = CHOICES.get(section, {}), flags or {}
     fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
+    chosen = list(names) if names is not None else list(fields)
+    unknown = set(chosen) - set(fields)
+    assert not unknown, f"no option {section}.{sorted(unknown)}"
 
     def decorate(fn: Callable) -> Callable:
-        for name in reversed(list(helps)):
-            default = _default(section, name)
-            kind: Any = type(default)
-            if name in choices:
-                kind = click.Choice(choices[name])
+        for name in reversed(chosen):
+            default = getattr(SECTIONS[section](), name)
+            kind: Any = click.Choice(choices[name]) if name in choices else type(default)
             flag = "--" + flags.get(name, name.replace("_", "-"))
             param = f"{section}__{name}"
             shown = str(default).lower() if isinstance(default, bool) else default
-            help_text = f"{helps[name]} [default: {shown}]"
+            help_text = f"{fields[name].metadata['help']} [default: {shown}]"
             if kind is bool:
-                decl = f"{flag}/--no-{flag[2:]}"
-                fn = click.option(decl, param, default=None, help=help_text)(fn)
+                fn = click.option(f"{flag}/--no-{flag[2:]}", param, default=None,
+                                  help=help_text)(fn)
             else:
                 fn = click.option(flag, param, type=kind, default=None, help=help_text)(fn)
-            assert name in fields, name
         return fn
 
     return decorate
@@ -60,12 +59,13 @@ _preset_option = click.option(
     "--preset", type=click.Choice(sorted(PRESETS)), default=None, expose_value=False,
     callback=_remember_preset, is_eager=True,
     help="Start from a preset: default (tvclean's best measured settings) or original "
-         "(the original Training-ValueNet algorithm); --config and options override it.")
+         "(the original Training-ValueNet algorithm) instead of the run's config.toml; "
+         "--config and options override it.")
 _config_option = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False), default=None,
     help="TOML file with [finetune], [extract], [estimate], [valuenet], [filter], [report] "
-         "tables; options given on the command line override it. Default: the run "
-         "directory's config.toml, if there is one.")
+         "tables to start from instead of the run's config.toml; options given on the "
+         "command line override it.")
 
 
 def config_file_option(fn: Callable) -> Callable:
@@ -75,38 +75,33 @@ def config_file_option(fn: Callable) -> Callable:
 
 def build_config(config_file: str | None, options: dict[str, Any],
                  run: str | None = None) -> Config:
-    """Config from the TOML file, overridden by the options that were given.
+    """The command's Config by tvcore.config.resolve_config's rule.
 
-    The base is --preset (then --config on top of it), else --config, else a run
-    directory's own config.toml (the settings its stages last ran with, so
-    re-running one stage keeps them), else the defaults.
+    Start: --preset (with --config on top), or --config, or else the run
+    directory's own config.toml (the settings its stages last ran with), or
+    else the defaults; the options that were typed override it.
     """
     context = click.get_current_context(silent=True)
     preset = context.meta.get("tvclean.preset") if context else None
+    base = None
     if config_file:
-        config = Config.from_toml(config_file, preset)
+        base = Config.from_toml(config_file, preset)
     elif preset:
-        config = Config.preset(preset)
-    elif run and (Path(run) / "config.toml").exists():
-        config = Config.from_toml(Path(run) / "config.toml")
-    else:
-        config = Config()
+        base = Config.preset(preset)
+    run_config = None
+    if base is None and run and Path(run, "config.toml").exists():
+        run_config = RunDir(run).load_config()
+    return resolve_config(run_config, base, typed_options(options), "command line")
+
+
+def typed_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{section: {name: value}} of the stage options the user gave (`section__name`)."""
     by_section: dict[str, dict[str, Any]] = {}
     for param, value in options.items():
-        if "__" not in param or value is None:
-            continue
-        section, name = param.split("__", 1)
-        by_section.setdefault(section, {})[name] = value
-    for section, values in by_section.items():
-        set_options(getattr(config, section), section, values, source="command line")
-    return config.validate()
-
-
-def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate stage options (`section__field`) from the command's own arguments."""
-    stage = {k: v for k, v in kwargs.items() if "__" in k}
-    own = {k: v for k, v in kwargs.items() if "__" not in k}
-    return stage, own
+        if "__" in param and value is not None:
+            section, name = param.split("__", 1)
+            by_section.setdefault(section, {})[name] = value
+    return by_section
 
 
 def cluster_options(fn: Callable) -> Callable:

@@ -7,17 +7,11 @@ import click
 from tvcore.stages.report import write_report
 
 from .common import user_errors
-from .options import build_config, split_options, stage_options
-
-REPORT_HELP = {
-    "embedding_sample": "Training images (a seeded sample) in the t-SNE feature map.",
-    "thumbnails": "Most negative and most positive images shown per class.",
-}
-
+from .options import build_config, stage_options
 
 @click.command("report")
 @click.argument("run", type=click.Path(file_okay=False))
-@stage_options("report", REPORT_HELP)
+@stage_options("report", ["embedding_sample", "thumbnails"])
 @click.option("--open", "open_page", is_flag=True,
               help="Open the report in the default web browser afterwards.")
 @user_errors
@@ -30,8 +24,7 @@ def report_command(run, open_page, **options):
     the most negative and most positive images of each class, and the
     convergence of the Monte-Carlo estimates. Needs `tvclean filter` to have run.
     """
-    stage, _ = split_options(options)
-    path = write_report(run, build_config(None, stage, run).report)
+    path = write_report(run, build_config(None, options, run))
     click.echo(str(path))
     if open_page:
         click.launch(str(path))

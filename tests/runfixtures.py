@@ -7,7 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tvcore.rundir import RunDir, atomic_save_npy, atomic_write_csv, atomic_write_json
+from tvcore.atomicfile import atomic_save_npy, atomic_write_json
+from tvcore.rundir import RunDir
+from tvcore.rundir.ownership import claim
+from tvcore.rundir.tables import write_index
 
 
 def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, root="/data",
@@ -16,16 +19,18 @@ def write_split(run: RunDir, name: str, features, labels, class_names, ok=None, 
     ok = np.ones(len(labels), bool) if ok is None else np.asarray(ok)
     features = np.where(ok[:, None], features, 0).astype(np.float32)
     atomic_save_npy(run.features / f"{name}.npy", features)
-    rows = []
-    for i, (label, good) in enumerate(zip(labels, ok)):
-        path = f"{root}/{name}/{class_names[label]}/img{i:05d}.png"
+    given, paths = [], []
+    for i, label in enumerate(labels):
+        relative = f"{class_names[label]}/img{i:05d}.png"
+        path = f"{root}/{name}/{relative}"
         if write_files:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Image.new("L", (4, 4), color=i % 256).save(path)
-        rows.append((path, int(label), class_names[label], "ok" if good else "error",
-                     "" if good else "cannot identify image file"))
-    atomic_write_csv(run.features / f"{name}_index.csv",
-                     ("path", "label", "class_name", "status", "error"), rows)
+        given.append(relative)
+        paths.append(path)
+    errors = {i: "cannot identify image file" for i, good in enumerate(ok) if not good}
+    write_index(run.features / f"{name}_index.csv", given, paths, [int(y) for y in labels],
+                class_names, errors)
 
 
 def make_feature_run(root: Path, train_features, train_labels, val_features, val_labels,
@@ -38,6 +43,7 @@ def make_feature_run(root: Path, train_features, train_labels, val_features, val
     n_classes = int(max(np.max(train_labels), np.max(val_labels))) + 1
     class_names = class_names or [f"class{k}" for k in range(n_classes)]
     run = RunDir(root)
+    claim(run.root)
     files = dict(root=str(data_root), write_files=True) if data_root else {}
     write_split(run, "train", train_features, train_labels, class_names, train_ok, **files)
     write_split(run, "val", val_features, val_labels, class_names, **files)

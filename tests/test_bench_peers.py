@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 from benchmarks.datasets import (FeatureData, image_features, most_confusable,  # noqa: E402
                                  noisy_labels, pair_noise)
 from benchmarks.peers import knn_shapley, knn_shapley_values  # noqa: E402
-from tvcore.config import ExtractConfig  # noqa: E402
+from tvcore.config import Config, ExtractConfig  # noqa: E402
 from tvcore.stages.demo import load_archive  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
 from tvcore.stages.extract import extract  # noqa: E402
-from tvcore.rundir.featureset import load_features  # noqa: E402
+from tvcore.rundir import load_features  # noqa: E402
 from tvcore.io.modelzoo import resolve_model  # noqa: E402
 
 
@@ -163,13 +163,13 @@ def test_in_memory_features_equal_extract_of_png_files(tmp_path):
     archive = load_archive()
     rows = [0, 300, 600, 900]  # four images of different classes
     images = archive["train_images"][rows]
-    for split in ("train", "val"):
-        for i, image in enumerate(images):
+    for split, some in (("train", images), ("val", archive["val_images"][:2])):
+        for i, image in enumerate(some):
             folder = tmp_path / split / f"class{i % 2}"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image, mode="L").save(folder / f"img{i}.png")
     extract(tmp_path / "train", tmp_path / "val", tmp_path / "run",
-            ExtractConfig(batch_size=2, threads=1), progress=False)
+            Config(extract=ExtractConfig(batch_size=2, threads=1)), progress=False)
     stored = load_features(tmp_path / "run").train
     in_memory = image_features(images, resolve_model("efficientnet-lite0"), batch_size=3,
                                progress=False)

@@ -8,7 +8,8 @@ import tvcore.engine.decisions as values_module
 from runfixtures import clustered_features
 from tvcore.config import ValueNetConfig
 from tvcore.engine.valuenet import fit_valuenet
-from tvcore.engine.decisions import MonteCarloValues, predict_values, suggest_labels
+from tvcore.engine.decisions import predict_values, suggest_labels
+from tvcore.engine.estimates import Estimates
 
 
 def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, monkeypatch):
@@ -21,7 +22,7 @@ def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, m
     nets = {k: fit_valuenet(x[labels == k], rng.normal(size=int(np.sum(labels == k))), config,
                             (0, k)) for k in (0, 2)}  # class 1 falls back to its MC estimates
     mc_rows = np.flatnonzero(labels == 1)[:10]
-    mc = MonteCarloValues(rows=mc_rows, labels=labels[mc_rows], mean=rng.normal(size=10),
+    mc = Estimates(rows=mc_rows, labels=labels[mc_rows], mean=rng.normal(size=10),
                           stderr=np.zeros(10), count=np.ones(10, np.int64))
     rows = np.delete(np.arange(labels.size), [3, 77])  # two unreadable images
 
@@ -33,12 +34,14 @@ def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, m
 
     whole = predict_values(mapped, labels, rows, mc, nets, 3)
     assert np.array_equal(whole, naive, equal_nan=True)  # default chunks: bitwise as before
-    suggested = suggest_labels(mapped, labels, rows, nets, threshold=-0.5)
+    own = whole[rows]
+    suggested = suggest_labels(mapped, labels, rows, own, mc, nets, 3, threshold=-0.5)
     monkeypatch.setattr(values_module, "ROWS_PER_READ", 7)
     # float32 matrix products round differently for other row counts
     np.testing.assert_allclose(predict_values(mapped, labels, rows, mc, nets, 3), whole,
                                rtol=1e-5, atol=1e-7)
-    assert np.array_equal(suggest_labels(mapped, labels, rows, nets, threshold=-0.5), suggested)
+    assert np.array_equal(suggest_labels(mapped, labels, rows, own, mc, nets, 3, threshold=-0.5),
+                          suggested)
     assert np.isnan(whole[[3, 77]]).all() and np.isfinite(np.delete(whole, [3, 77])).all()
-    assert {-1, 0, 2} >= set(suggested.tolist()) and (suggested >= 0).any()
+    assert {-1, 0, 1, 2} >= set(suggested.tolist()) and (suggested >= 0).any()
     assert not (suggested == labels[rows]).any()  # never the image's own class

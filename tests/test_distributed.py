@@ -15,21 +15,26 @@ import pytest
 from click.testing import CliRunner
 
 import tvcore.cluster as dist
-import tvcore.stages.extract as features_module
+import tvcore.stages.estimate_cluster as estimate_cluster
+import tvcore.stages.extract_cluster as extract_cluster
+from tvcore.rundir.features import SplitWriter, gaps
 from imagefiles import write_bad_files, write_digit_tree
 from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
 from tvcore.engine import montecarlo
-from tvcore.config import EstimateConfig, ExtractConfig
+from tvcore.config import Config, EstimateConfig, ExtractConfig
 from tvcore.errors import TvcleanError
-from tvcore.stages.estimate import estimate, load_estimates
+from tvcore.rundir import load_estimates
+from tvcore.stages.estimate import estimate
 from tvcore.stages.extract import extract
-from tvcore.rundir.featureset import load_features
+from tvcore.rundir import load_features
+from tvcore.cores import available_cores
 
 pytestmark = pytest.mark.dask
 
 # batch_size 1: shards of SHARD_BATCHES rows, so each split has several shards.
-EXTRACT = ExtractConfig(batch_size=1, threads=1, decode_workers=1)
+EXTRACT_OPTIONS = ExtractConfig(batch_size=1, threads=1, decode_workers=1)
+EXTRACT = Config(extract=EXTRACT_OPTIONS)
 ESTIMATE = EstimateConfig(episodes=12, per_class=25, val_per_class=6, lr=0.01, checkpoint_every=2)
 
 
@@ -57,8 +62,8 @@ TRAIN_ROWS, VAL_ROWS = 36 + 6, 9
 
 
 def all_shards() -> int:
-    rows = EXTRACT.batch_size * dist.SHARD_BATCHES
-    return sum(len(dist.shards_to_do(n, 0, [], rows)) for n in (TRAIN_ROWS, VAL_ROWS))
+    rows = EXTRACT_OPTIONS.batch_size * extract_cluster.SHARD_BATCHES
+    return sum(len(gaps(n, [], rows)) for n in (TRAIN_ROWS, VAL_ROWS))
 
 
 @pytest.fixture(scope="module")
@@ -103,27 +108,30 @@ def test_extract_on_the_cluster_equals_local_bitwise(cluster, images, local_feat
     assert again.up_to_date
 
 
+def _done(record) -> int:
+    return sum(b - a for a, b in json.loads(record.read_text())["done"])
+
+
 def test_interrupted_cluster_extract_resumes_without_redoing_shards(
         cluster, images, local_features, tmp_path, monkeypatch):
-    write_shard, stored = dist._write_shard, []
+    write, stored = SplitWriter.write, []
 
     def interrupt_after_three(writer, first, features, errors):
         if len(stored) == 3:
             raise KeyboardInterrupt
-        write_shard(writer, first, features, errors)
-        stored.append((writer.split.name, first, first + len(features)))
+        write(writer, first, features, errors)
+        stored.append((writer.name, first, first + len(features)))
 
-    monkeypatch.setattr(dist, "_write_shard", interrupt_after_three)
+    monkeypatch.setattr(SplitWriter, "write", interrupt_after_three)
     with pytest.raises(KeyboardInterrupt):
         extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
-    record = json.loads((tmp_path / "features" / "train.progress.json").read_text())
-    recorded = record["rows_done"] + sum(b - a for a, b in record["shards_done"])
+    recorded = _done(tmp_path / "features" / "train.progress.json")
     assert recorded == sum(b - a for name, a, b in stored if name == "train") > 0
 
-    monkeypatch.setattr(dist, "_write_shard", write_shard)
-    run_tasks, redone = dist.run_tasks, []
-    monkeypatch.setattr(dist, "run_tasks", lambda *args, names, **kw: redone.extend(names)
-                        or run_tasks(*args, names=names, **kw))
+    monkeypatch.setattr(SplitWriter, "write", write)
+    run_tasks, redone = extract_cluster.run_tasks, []
+    monkeypatch.setattr(extract_cluster, "run_tasks", lambda *args, names, **kw:
+                        redone.extend(names) or run_tasks(*args, names=names, **kw))
     extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
     for name, first, stop in stored:
         assert f"{name} images {first}..{stop - 1}" not in " ".join(redone)
@@ -131,68 +139,75 @@ def test_interrupted_cluster_extract_resumes_without_redoing_shards(
     same_features(local_features, tmp_path)
 
 
-def test_a_local_restart_forgets_the_cluster_shards(cluster, images, local_features, tmp_path,
-                                                    monkeypatch):
-    """Local runs restart a split whose first rows are missing; shards recorded by a cluster run
-    must not be trusted afterwards, or a later cluster resume would skip rows never written."""
-    features = tmp_path / "features"
-    record = features / "train.progress.json"
-    write_shard = dist._write_shard
+def test_local_and_cluster_runs_resume_each_others_rows(cluster, images, local_features, tmp_path,
+                                                        monkeypatch):
+    """One progress record serves both paths: a local run fills the gaps a cluster run left
+    (rows 8..15 done out of order), a cluster run then finishes what the local run left."""
+    record = tmp_path / "features" / "train.progress.json"
+    write = SplitWriter.write
+    seen = []
 
-    def stop_before_a_shard(writer, first, features, errors):
-        raise KeyboardInterrupt
+    def stop_after_one_shard(writer, first, features, errors):
+        write(writer, first, features, errors)
+        seen.append(first)
+        if writer.name == "train" and first == 8:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(dist, "_write_shard", stop_before_a_shard)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(extract_cluster, "run_tasks", lambda cluster, fn, tasks, *shared, names,
+                        ordered: _in_order(fn, tasks, shared, names))
+    monkeypatch.setattr(SplitWriter, "write", stop_after_one_shard)
+    with pytest.raises(KeyboardInterrupt):  # the cluster path, shards in the order 8..15 first
         extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
-    state = json.loads(record.read_text())
-    state.update(rows_done=0, shards_done=[[8, 16]])  # a cluster run that finished one late shard
-    record.write_text(json.dumps(state))
+    assert json.loads(record.read_text())["done"] == [[8, 16]]
 
-    write_batch = features_module._SplitWriter.write
-
-    def stop_after_a_batch(self, first, features, errors):
-        write_batch(self, first, features, errors)
+    def stop_after_a_batch(writer, first, features, errors):
+        write(writer, first, features, errors)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features_module._SplitWriter, "write", stop_after_a_batch)
+    monkeypatch.setattr(SplitWriter, "write", stop_after_a_batch)
     with pytest.raises(KeyboardInterrupt):
         extract(images, None, tmp_path, EXTRACT, progress=False)
-    state = json.loads(record.read_text())
-    assert state["rows_done"] == 1 and state["shards_done"] == []
+    assert json.loads(record.read_text())["done"] == [[0, 1], [8, 16]]
 
-    monkeypatch.setattr(features_module._SplitWriter, "write", write_batch)
-    monkeypatch.setattr(dist, "_write_shard", write_shard)
+    monkeypatch.undo()
     extract(images, None, tmp_path, EXTRACT, progress=False, cluster=cluster)
     same_features(local_features, tmp_path)
 
 
-@pytest.mark.parametrize("rows, rows_done, done, expected", [
-    (20, 0, [], [(0, 8), (8, 16), (16, 20)]),
-    (20, 3, [], [(3, 8), (8, 16), (16, 20)]),
-    (20, 0, [[8, 16]], [(0, 8), (16, 20)]),
-    (24, 8, [[16, 24], [0, 8]], [(8, 16)]),
-    (20, 20, [], []),
+def _in_order(fn, tasks, shared, names):
+    """run_tasks on this process, the second shard first (as a cluster may finish them)."""
+    order = [1, 0] + list(range(2, len(tasks)))
+    for i in order:
+        yield i, fn(*shared, *tasks[i])
+
+
+@pytest.mark.parametrize("rows, done, expected", [
+    (20, [], [(0, 8), (8, 16), (16, 20)]),
+    (20, [[0, 3]], [(3, 8), (8, 16), (16, 20)]),
+    (20, [[8, 16]], [(0, 8), (16, 20)]),
+    (24, [[0, 8], [16, 24], [0, 8]], [(8, 16)]),
+    (20, [[0, 20]], []),
 ])
-def test_shards_cover_exactly_the_rows_left(rows, rows_done, done, expected):
-    assert dist.shards_to_do(rows, rows_done, done, 8) == expected
+def test_gaps_cover_exactly_the_rows_left(rows, done, expected):
+    assert gaps(rows, done, 8) == expected
 
 
 def test_estimate_on_the_cluster_equals_local_bitwise(cluster, feature_arrays, tmp_path):
     local = make_feature_run(tmp_path / "local", *feature_arrays)
     remote = make_feature_run(tmp_path / "remote", *feature_arrays)
-    estimate(local, ESTIMATE, progress=False)
-    estimate(remote, ESTIMATE, progress=False, cluster=cluster.client)  # a plain Client works too
+    estimate(local, Config(estimate=ESTIMATE), progress=False)
+    estimate(remote, Config(estimate=ESTIMATE), progress=False, cluster=cluster.client)  # a plain Client works too
     same_estimates(local.root, remote.root)
 
 
 def test_cluster_continues_a_local_checkpoint_with_the_same_values(cluster, feature_arrays,
                                                                    tmp_path):
-    config = EstimateConfig(**{**vars(ESTIMATE), "head": "mlp", "hidden": 5, "epochs": 2})
+    config = Config(estimate=EstimateConfig(**{**vars(ESTIMATE), "head": "mlp", "hidden": 5, "epochs": 2}))
     local = make_feature_run(tmp_path / "local", *feature_arrays)
     mixed = make_feature_run(tmp_path / "mixed", *feature_arrays)
     estimate(local, config, progress=False)
-    estimate(mixed, EstimateConfig(**{**vars(config), "episodes": 6}), progress=False)
+    estimate(mixed, Config(estimate=EstimateConfig(**{**vars(config.estimate), "episodes": 6})),
+             progress=False)
     resumed = estimate(mixed, config, progress=False, cluster=cluster)
     assert resumed.episodes == 12
     same_estimates(local.root, mixed.root)
@@ -210,7 +225,8 @@ def test_a_lost_worker_is_replaced_and_the_values_do_not_change(cluster, feature
             killed.append(next(iter(before.values())))
             os.kill(killed[0], signal.SIGKILL)
 
-    acc = dist.estimate_values(problem, ESTIMATE, cluster, block=1, on_block=kill_a_worker_once)
+    acc = estimate_cluster.estimate_values(problem, ESTIMATE, cluster, block=1,
+                                          on_block=kill_a_worker_once)
     assert np.array_equal(acc.sums, expected.sums) and np.array_equal(acc.count, expected.count)
     assert np.array_equal(acc.sums_sq, expected.sums_sq) and acc.episodes == 12
     cluster.client.wait_for_workers(2)
@@ -234,15 +250,15 @@ def test_no_partial_estimates_are_written_when_a_task_fails(cluster, feature_arr
                                                             monkeypatch):
     run = make_feature_run(tmp_path / "run", *feature_arrays)
 
-    run_tasks = dist.run_tasks
+    run_tasks = estimate_cluster.run_tasks
 
     def first_block_then_failure(cluster, fn, tasks, *shared, names, **kwargs):
         yield from run_tasks(cluster, fn, tasks[:1], *shared, names=names[:1], **kwargs)
         raise TvcleanError(f"{names[1]} failed on the cluster")
 
-    monkeypatch.setattr(dist, "run_tasks", first_block_then_failure)
+    monkeypatch.setattr(estimate_cluster, "run_tasks", first_block_then_failure)
     with pytest.raises(TvcleanError, match="Monte-Carlo episodes 2..3 failed"):
-        estimate(run, ESTIMATE, progress=False, cluster=cluster)
+        estimate(run, Config(estimate=ESTIMATE), progress=False, cluster=cluster)
     assert not (run.root / "estimates" / "meta.json").exists()
     with np.load(run.root / "estimates" / "checkpoint" / "state.npz") as state:
         assert int(state["episodes"]) == 2  # the resume point
@@ -316,7 +332,7 @@ def test_each_local_worker_process_uses_its_share_of_the_cores(cluster):
 
     plan = cluster.thread_plan(0)
     assert plan.processes_per_host == (("127.0.0.1", 2),)
-    share = max(1, dist._cores() // 2)
+    share = max(1, available_cores() // 2)
     assert on_every_worker(plan) == [share, share]
     assert on_every_worker(cluster.thread_plan(3)) == [3, 3]
 
@@ -327,17 +343,17 @@ def test_workers_get_known_and_cached_models_by_name_and_files_by_absolute_path(
     (tmp_path / "mine.onnx").write_bytes(b"")
     (tmp_path / "plain").write_bytes(b"")
     spec = SimpleNamespace(path=tmp_path / "resolved.onnx")  # what resolve_model returned
-    assert dist._model_reference("mine.onnx", spec) == str(tmp_path / "resolved.onnx")
-    assert dist._model_reference("plain", spec) == str(tmp_path / "resolved.onnx")
-    assert dist._model_reference("efficientnet-lite0", spec) == "efficientnet-lite0"
-    assert dist._model_reference("my-finetuned", spec) == "my-finetuned"  # in each cache
+    assert extract_cluster.model_reference("mine.onnx", spec) == str(tmp_path / "resolved.onnx")
+    assert extract_cluster.model_reference("plain", spec) == str(tmp_path / "resolved.onnx")
+    assert extract_cluster.model_reference("efficientnet-lite0", spec) == "efficientnet-lite0"
+    assert extract_cluster.model_reference("my-finetuned", spec) == "my-finetuned"  # in each cache
 
 
 def test_shared_data_lost_with_workers_is_sent_again(cluster, feature_arrays, monkeypatch):
     train, labels, val, val_labels = feature_arrays
     problem = montecarlo.MonteCarloProblem(train, labels, val, val_labels, 3, ESTIMATE)
     expected = montecarlo.estimate_values(problem, block=1)
-    run_tasks, calls = dist.run_tasks, []
+    run_tasks, calls = estimate_cluster.run_tasks, []
 
     def lose_the_data_once(cluster, fn, tasks, *shared, names, **kwargs):
         calls.append(len(tasks))
@@ -346,7 +362,7 @@ def test_shared_data_lost_with_workers_is_sent_again(cluster, feature_arrays, mo
                 raise dist.LostSharedData(f"{names[n]} was cancelled on the cluster")
             yield item
 
-    monkeypatch.setattr(dist, "run_tasks", lose_the_data_once)
-    acc = dist.estimate_values(problem, ESTIMATE, cluster, block=1)
+    monkeypatch.setattr(estimate_cluster, "run_tasks", lose_the_data_once)
+    acc = estimate_cluster.estimate_values(problem, ESTIMATE, cluster, block=1)
     assert calls == [12, 9]  # the second round starts after the 3 folded episodes
     assert np.array_equal(acc.sums, expected.sums) and acc.episodes == 12

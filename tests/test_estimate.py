@@ -16,10 +16,13 @@ from click.testing import CliRunner
 
 from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
-from tvcore.config import EstimateConfig
+from tvcore.config import Config, EstimateConfig
 from tvcore.errors import TvcleanError
-from tvcore.stages.estimate import estimate, load_estimates
-from tvcore.rundir import RunDir, read_csv
+from tvcore.rundir import load_estimates
+from tvcore.stages.estimate import estimate
+from tvcore.atomicfile import read_csv
+from tvcore.rundir import RunDir
+from tvcore.rundir.ownership import claim
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def feature_run(tmp_path):
 
 def test_estimate_writes_values_for_the_subset(feature_run):
     config = EstimateConfig(episodes=6, per_class=20, val_per_class=5, lr=0.01, checkpoint_every=2)
-    result = estimate(feature_run, config, progress=False)
+    result = estimate(feature_run, Config(estimate=config), progress=False)
     assert result.rows.size == 60 and result.val_rows.size == 15
     assert 4 not in result.rows and 50 not in result.rows  # failed images are never drawn
     assert result.count.tolist() == [6] * 60
@@ -46,7 +49,8 @@ def test_estimate_writes_values_for_the_subset(feature_run):
     assert back.history.shape == (3, 60) and back.history_episodes.tolist() == [2, 4, 6]
     np.testing.assert_allclose(back.history[-1], result.mean, rtol=1e-6)
     rows = read_csv(feature_run.estimates / "values.csv")
-    assert len(rows) == 60 and rows[0]["class_name"] == "cat"
+    assert len(rows) == 60 and rows[0]["label"] == "cat" and rows[0]["label_index"] == "0"
+    assert rows[0]["path"] == "cat/img00000.png"  # as the user gave it
     assert float(rows[0]["mc_value"]) == result.mean[0]
     assert "[estimate]" in feature_run.config_path.read_text()
 
@@ -56,17 +60,17 @@ def test_mislabeled_examples_get_lower_values(tmp_path):
     train, labels, flipped = clustered_features(rng, 60, 3, 24, noise=0.8, flip=0.25)
     val, val_labels, _ = clustered_features(np.random.default_rng(1), 20, 3, 24, noise=0.8)
     run = make_feature_run(tmp_path / "run", train, labels, val, val_labels)
-    result = estimate(run, EstimateConfig(episodes=20, lr=0.002), progress=False)
+    result = estimate(run, Config(estimate=EstimateConfig(episodes=20, lr=0.002)), progress=False)
     is_flipped = flipped[result.rows]
     assert result.mean[is_flipped].mean() < 0 < result.mean[~is_flipped].mean()
 
 
 def test_more_episodes_continue_the_earlier_run(feature_run):
     base = dict(per_class=20, val_per_class=5, lr=0.01, checkpoint_every=2)
-    estimate(feature_run, EstimateConfig(episodes=4, **base), progress=False)
-    continued = estimate(feature_run, EstimateConfig(episodes=8, **base), progress=False)
+    estimate(feature_run, Config(estimate=EstimateConfig(episodes=4, **base)), progress=False)
+    continued = estimate(feature_run, Config(estimate=EstimateConfig(episodes=8, **base)), progress=False)
     assert "resumed at episode 4" in feature_run.log_path.read_text()
-    straight = estimate(_copy_features(feature_run), EstimateConfig(episodes=8, **base),
+    straight = estimate(_copy_features(feature_run), Config(estimate=EstimateConfig(episodes=8, **base)),
                         progress=False)
     np.testing.assert_array_equal(continued.mean, straight.mean)
     np.testing.assert_array_equal(continued.stderr, straight.stderr)
@@ -74,13 +78,14 @@ def test_more_episodes_continue_the_earlier_run(feature_run):
 
 def _copy_features(run):
     target = RunDir(run.root.parent / "copy")
+    claim(target.root)
     shutil.copytree(run.features, target.features)
     return target
 
 
 def test_changed_options_start_afresh(feature_run):
-    estimate(feature_run, EstimateConfig(episodes=4, per_class=20, lr=0.01), progress=False)
-    changed = estimate(feature_run, EstimateConfig(episodes=4, per_class=20, lr=0.02),
+    estimate(feature_run, Config(estimate=EstimateConfig(episodes=4, per_class=20, lr=0.01)), progress=False)
+    changed = estimate(feature_run, Config(estimate=EstimateConfig(episodes=4, per_class=20, lr=0.02)),
                        progress=False)
     assert "resumed" not in feature_run.log_path.read_text()
     assert changed.count.tolist() == [4] * 60
@@ -88,9 +93,9 @@ def test_changed_options_start_afresh(feature_run):
 
 _WORKER = textwrap.dedent("""
     import sys
-    from tvcore.config import EstimateConfig
+    from tvcore.config import Config, EstimateConfig
     from tvcore.stages.estimate import estimate
-    estimate(sys.argv[1], EstimateConfig(episodes=40, lr=0.01, checkpoint_every=1), progress=False)
+    estimate(sys.argv[1], Config(estimate=EstimateConfig(episodes=40, lr=0.01, checkpoint_every=1)), progress=False)
 """)
 
 
@@ -110,9 +115,9 @@ def test_kill_minus_9_then_resume_gives_identical_values(tmp_path):
     with np.load(state) as saved:
         done = int(saved["episodes"])
     assert 1 <= done < 40, "the run must be killed part-way"
-    resumed = estimate(runs[0], EstimateConfig(episodes=40, lr=0.01, checkpoint_every=1),
+    resumed = estimate(runs[0], Config(estimate=EstimateConfig(episodes=40, lr=0.01, checkpoint_every=1)),
                        progress=False)
-    straight = estimate(runs[1], EstimateConfig(episodes=40, lr=0.01, checkpoint_every=5),
+    straight = estimate(runs[1], Config(estimate=EstimateConfig(episodes=40, lr=0.01, checkpoint_every=5)),
                         progress=False)
     assert f"resumed at episode {done}" in runs[0].log_path.read_text()
     np.testing.assert_array_equal(resumed.mean, straight.mean)
@@ -121,7 +126,7 @@ def test_kill_minus_9_then_resume_gives_identical_values(tmp_path):
 
 def test_missing_features_tell_which_stage_to_run(tmp_path):
     with pytest.raises(TvcleanError, match="run `tvclean extract`"):
-        estimate(tmp_path / "empty", EstimateConfig(episodes=1), progress=False)
+        estimate(tmp_path / "empty", Config(estimate=EstimateConfig(episodes=1)), progress=False)
 
 
 def test_nan_features_are_a_clear_error(tmp_path):
@@ -130,7 +135,7 @@ def test_nan_features_are_a_clear_error(tmp_path):
     train[3, 2] = np.inf
     run = make_feature_run(tmp_path / "run", train, labels, train, labels)
     with pytest.raises(TvcleanError, match=r"training features of .*img00003.png contain NaN"):
-        estimate(run, EstimateConfig(episodes=1), progress=False)
+        estimate(run, Config(estimate=EstimateConfig(episodes=1)), progress=False)
 
 
 def test_cli_estimate_json_and_errors(feature_run):

@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from tvcore.errors import TvcleanError
+from tvcore.rundir.ownership import claim
+from tvcore.rundir.tables import TRAINING_VALUES_COLUMNS
 from tvcore.stages.evaluate import detection_metrics, evaluate, format_evaluation
 from tvclean.main import cli
 
-HEADER = ["path", "label", "class_name", "predicted_value", "mc_value", "mc_stderr", "mc_count",
-          "decision", "suggested_label"]
+HEADER = list(TRAINING_VALUES_COLUMNS)
 
 # (class, file, given label, predicted value or None for an unreadable image, decision, mislabeled)
 # Hand-computed expectations below are for exactly these rows.
@@ -57,13 +58,17 @@ def assert_metrics(actual: dict, expected: dict) -> None:
 
 
 def write_training_values(run: Path, rows) -> None:
-    run.mkdir(parents=True, exist_ok=True)
+    """RUN/training_values.csv with these (path, label index, class name, score, decision)
+    rows, written cell by cell (so that tests can write broken values too)."""
+    claim(run)
     with open(run / "training_values.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(HEADER)
-        for path, label, name, value, decision in rows:
-            writer.writerow([path, label, name, "" if value is None else value, "", "", "",
-                             decision, ""])
+        for rank, (path, label, name, value, decision) in enumerate(rows, start=1):
+            cell = "" if value is None else value
+            writer.writerow([os.path.basename(path), path, name, label, decision,
+                             "true" if decision == "dirty" else "false", cell, cell, 0.0, "",
+                             "", 0, "", rank])
 
 
 def write_csv(path: Path, header, rows) -> Path:
@@ -303,14 +308,15 @@ def test_corrupt_training_values(tmp_path):
     truth = write_csv(tmp_path / "truth.csv", ["path", "is_mislabeled"], [("a.jpg", 1)])
     run = tmp_path / "run"
     write_training_values(run, [(str(tmp_path / "a.jpg"), 0, "cat", "nan", "clean")])
-    with pytest.raises(TvcleanError, match=r"line 2: predicted_value must be a finite number"):
+    with pytest.raises(TvcleanError, match=r"line 2: score 'nan' is not a finite number"):
         evaluate(run, truth)
     write_training_values(run, [(str(tmp_path / "a.jpg"), 0, "cat", 1.0, "maybe")])
-    with pytest.raises(TvcleanError, match=r"line 2: decision must be one of clean, dirty, error"):
+    with pytest.raises(TvcleanError, match=r"line 2: decision 'maybe' is not one of clean, dirty, "
+                                           r"error"):
         evaluate(run, truth)
     write_csv(run / "training_values.csv", ["path", "label"], [("a.jpg", 0)])
-    with pytest.raises(TvcleanError, match=r"missing column\(s\) class_name, predicted_value, "
-                                           r"decision; re-run `tvclean filter`"):
+    with pytest.raises(TvcleanError, match=r"missing columns abs_path, decision, .*; re-run "
+                                           r"`tvclean filter`"):
         evaluate(run, truth)
 
 

@@ -16,8 +16,8 @@ ort = pytest.importorskip("onnxruntime")
 from imagefiles import write_digit_tree  # noqa: E402
 from tvclean.main import cli  # noqa: E402
 from tvcore.nets import export  # noqa: E402
-from tvcore.config import ExtractConfig  # noqa: E402
-from tvcore.rundir.featureset import load_features  # noqa: E402
+from tvcore.config import Config, ExtractConfig  # noqa: E402
+from tvcore.rundir import load_features  # noqa: E402
 from tvcore.stages.extract import extract  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
 from tvcore.io.modelzoo import embedded_dir, resolve_model  # noqa: E402
@@ -73,7 +73,7 @@ def test_resnet50_untrained_export_works_with_extract(cache):
     write_digit_tree(cache.parent / "data" / "train", classes=(0, 1), per_class=2)
     write_digit_tree(cache.parent / "data" / "val", classes=(0, 1), per_class=1, offset=5)
     summary = extract(cache.parent / "data", None, cache.parent / "run",
-                      ExtractConfig(model="resnet50-untrained", threads=1), progress=False)
+                      Config(extract=ExtractConfig(model="resnet50-untrained", threads=1)), progress=False)
     assert summary.dim == 2048 and summary.model["preprocessing"]["resize"] == 232
     assert load_features(cache.parent / "run").train.features.shape == (4, 2048)
 

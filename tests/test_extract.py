@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +17,19 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-import tvcore.stages.extract as features_module
+import tvcore.io.inference as inference_module
 from imagefiles import write_bad_files, write_digit_tree, write_photo
 from tvclean.main import cli
-from tvcore.config import ExtractConfig
+from tvcore.config import Config, ExtractConfig
 from tvcore.errors import TvcleanError
-from tvcore.rundir.featureset import load_features
+from tvcore.rundir import load_features
 from tvcore.stages.extract import extract
 from tvcore.io.images import load_image
 from tvcore.io.modelzoo import embedded_dir, resolve_model
 
 EMBEDDED = embedded_dir() / "efficientnet-lite0.onnx"
 DAISY, PALACE = 985, 698
-FAST = ExtractConfig(batch_size=4, threads=1, decode_workers=2)
+FAST = Config(extract=ExtractConfig(batch_size=4, threads=1, decode_workers=2))
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,10 @@ def test_artifacts_follow_the_run_contract(data, extracted):
     assert np.all(np.abs(train.features[train.ok]).sum(axis=1) > 0)
     assert features.val.features.shape == (9, 1280) and features.val.ok.all()
     rows = (run / "features" / "train_index.csv").read_text().splitlines()
-    assert rows[0] == "path,label,class_name,status,error"
+    assert rows[0] == "path,abs_path,label,label_index,status,error"
     truncated = next(r for r in rows if "truncated.jpg" in r)
-    assert truncated.startswith(str(root / "train" / "digit2" / "bad" / "truncated.jpg") + ",2,digit2,error,")
+    absolute = root / "train" / "digit2" / "bad" / "truncated.jpg"
+    assert truncated.startswith(f"digit2/bad/truncated.jpg,{absolute},digit2,2,error,")
     meta = json.loads((run / "features" / "meta.json").read_text())
     assert meta["model"]["name"] == "efficientnet-lite0"
     assert meta["model"]["sha256"] == resolve_model("efficientnet-lite0").sha256
@@ -77,7 +79,8 @@ def test_artifacts_follow_the_run_contract(data, extracted):
                                        "skipped": {"hidden": 1, "not an image": 1}}
     assert summary.splits["train"].failed == 6 and not summary.up_to_date
     assert {Path(p).name: e for p, e in summary.splits["train"].errors}["empty.png"] == "empty file (0 bytes)"
-    assert "[extract]\nmodel = \"efficientnet-lite0\"\nbatch_size = 4" in (run / "config.toml").read_text()
+    saved = tomllib.loads((run / "config.toml").read_text())
+    assert saved["extract"]["model"] == "efficientnet-lite0" and saved["extract"]["batch_size"] == 4
     assert "extract: train: 16 images, 6 failed, 2 files skipped" in (run / "log.txt").read_text()
     assert not list((run / "features").glob("*.partial")) and not list((run / "features").glob("*.progress.json"))
 
@@ -126,16 +129,21 @@ def test_other_model_into_the_same_run_is_refused(data, extracted, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"normalisation": "imagenet"}))
     with pytest.raises(TvcleanError, match=r"holds features of another data set or model "
                                            r"\(efficientnet-lite0\); use a new run directory"):
-        extract(root, None, run, ExtractConfig(model=str(tmp_path / "other.onnx")), progress=False)
+        extract(root, None, run, Config(extract=ExtractConfig(model=str(tmp_path / "other.onnx"))), progress=False)
 
 
 KILLABLE = """
 import sys
 import tvcore.stages.extract as f
-from tvcore.config import ExtractConfig
+from tvcore.config import Config, ExtractConfig
 f.CHECKPOINT_SECONDS = 0.0
-f.extract(sys.argv[1], None, sys.argv[2], ExtractConfig(batch_size=4, threads=1), progress=False)
+f.extract(sys.argv[1], None, sys.argv[2], Config(extract=ExtractConfig(batch_size=4, threads=1)), progress=False)
 """
+
+
+def _rows_done(progress):
+    """Rows the progress record says are stored (it lists [first, stop) ranges)."""
+    return sum(stop - first for first, stop in json.loads(progress.read_text())["done"])
 
 
 def test_resume_after_kill_9(tmp_path, monkeypatch):
@@ -147,17 +155,17 @@ def test_resume_after_kill_9(tmp_path, monkeypatch):
     child = subprocess.Popen([sys.executable, "-c", KILLABLE, str(root), str(run)])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and child.poll() is None:
-        if progress.exists() and json.loads(progress.read_text())["rows_done"] >= 8:
+        if progress.exists() and _rows_done(progress) >= 8:
             break
         time.sleep(0.005)
     assert child.poll() is None, "the extraction ended before it could be killed"
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
-    done = json.loads(progress.read_text())["rows_done"]
+    done = _rows_done(progress)
     assert 8 <= done < 72 and not (run / "features" / "meta.json").exists()
 
     decoded = []
-    monkeypatch.setattr(features_module, "load_image",
+    monkeypatch.setattr(inference_module, "load_image",
                         lambda path, *args: decoded.append(path) or load_image(path, *args))
     resumed = extract(root, None, run, FAST, progress=False)
     assert len(decoded) == (72 - done) + 12  # only the rest of train, then val
@@ -223,10 +231,10 @@ def test_models_that_break_the_contract_are_clear_errors(data, tmp_path):
     onnx.save(model, tmp_path / "maps.onnx")
     with pytest.raises(TvcleanError, match=r"maps.onnx: output 'maps' has shape \[1, 3, 224, 224\] "
                                            r"for one image; expected \(N, D\) features"):
-        extract(root, None, tmp_path / "r1", ExtractConfig(model=str(tmp_path / "maps.onnx")))
+        extract(root, None, tmp_path / "r1", Config(extract=ExtractConfig(model=str(tmp_path / "maps.onnx"))))
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(TvcleanError, match=r"cannot load model .*junk.onnx"):
-        extract(root, None, tmp_path / "r2", ExtractConfig(model=str(tmp_path / "junk.onnx")))
+        extract(root, None, tmp_path / "r2", Config(extract=ExtractConfig(model=str(tmp_path / "junk.onnx"))))
 
 
 def test_extractor_features_split_over_streams_keep_order(extracted):
@@ -234,7 +242,7 @@ def test_extractor_features_split_over_streams_keep_order(extracted):
     features = load_features(run)
     spec = resolve_model("efficientnet-lite0")
     images = np.stack([load_image(p, spec.preprocess) for p in features.val.paths[:5]])
-    with features_module.FeatureExtractor(spec, threads=2) as extractor:
+    with inference_module.FeatureExtractor(spec, threads=2) as extractor:
         assert extractor.streams == 2
         together = extractor.features(images)
         assert extractor.features(images[:0]).shape == (0, 1280)

@@ -72,10 +72,10 @@ def test_training_preprocessing_is_the_models_at_the_chosen_size():
 
 def test_clean_finetune_with_model_fine_tunes_that_model():
     config = run_config(None, {"finetune__enabled": True, "extract__model": "resnet50",
-                               "estimate__threads": 1})
+                               "estimate__threads": 1}, None)
     assert config.finetune.model == "resnet50" and config.finetune.threads == 1
     assert config.extract.model == "efficientnet-lite0"  # extraction uses the fine-tuned file
-    plain = run_config(None, {"extract__model": "resnet50"})
+    plain = run_config(None, {"extract__model": "resnet50"}, None)
     assert plain.extract.model == "resnet50" and not plain.finetune.enabled
 
 

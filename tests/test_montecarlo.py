@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -52,7 +54,7 @@ CASES = [
     ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.01, **ALL)),
     ((7, 5, 6), (4, 3, 5), 12, dict(head="linear", lr=0.5)),  # balanced: 5 of each class
     ((9, 3), (2, 6), 20, dict(head="linear", lr=0.05, epochs=3, **ALL)),  # K=2, epochs > 1
-    ((9, 3), (2, 6), 20, dict(head="linear", lr=1.0, epochs=2, episode_per_class=4)),
+    ((9, 3), (2, 6), 20, dict(head="linear", lr=0.3, epochs=2, episode_per_class=4)),
     ((1, 1, 1), (3, 2, 1), 8, dict(head="linear", lr=0.1, **ALL)),  # S=1
     ((10, 2, 6, 1), (5, 5, 2, 3), 15, dict(head="linear", lr=0.02, epochs=2, **ALL)),
     ((6, 4, 5), (3, 4, 2), 10, dict(head="mlp", hidden=7, lr=0.05, **ALL)),
@@ -167,11 +169,33 @@ def test_class_without_validation_example_is_an_error():
 
 
 def test_non_finite_features_are_reported_by_path():
+    from tvcore.engine.problem import LabeledSplit, check_finite
+
     features = np.ones((4, 3), np.float32)
     features[2, 1] = np.nan
-    with pytest.raises(TvcleanError, match="features of b.png contain NaN or inf"):
-        montecarlo.check_finite(features, np.arange(4), "training", ["a.png", "x", "b.png", "y"])
-    montecarlo.check_finite(features, np.array([0, 1, 3]), "training")  # row 2 not drawn
+    split = LabeledSplit(features, np.zeros(4, np.int64), np.ones(4, bool),
+                         ["a.png", "x", "b.png", "y"])
+    with pytest.raises(TvcleanError, match=r"training features of b.png contain NaN"):
+        check_finite(split, "training")
+    split.ok[2] = False  # an unreadable image: its row is not used
+    check_finite(split, "training")
+
+
+@pytest.mark.parametrize("lr, why", [(2.0, "the validation loss rose from"),
+                                     (1e6, "infinite or NaN"), (1e300, "infinite or NaN")])
+def test_diverging_heads_stop_naming_the_episode_and_the_learning_rate(lr, why):
+    rng = np.random.default_rng(0)
+    problem, *_ = _problem(rng, (20, 20, 20), (5, 5, 5), 8, head="linear", lr=lr, seed=0)
+    with pytest.raises(TvcleanError, match=rf"diverged at episode \d+ \(--lr {re.escape(f'{lr:g}')}\)"
+                                           rf": .*{why}"):
+        montecarlo.estimate_values(problem)
+
+
+def test_a_sane_learning_rate_does_not_trip_the_divergence_check():
+    rng = np.random.default_rng(0)
+    problem, *_ = _problem(rng, (20, 20, 20), (5, 5, 5), 8, head="linear", lr=0.05, seed=0,
+                           episodes=3)
+    assert montecarlo.estimate_values(problem).episodes == 3
 
 
 @pytest.mark.parametrize("options, message", [

@@ -20,7 +20,7 @@ from tvcore.errors import TvcleanError
 from tvcore.stages.estimate import estimate
 from tvcore.stages.filter import filter_run, load_training_values
 from tvcore.stages.clean import clean
-from tvcore.engine.decisions import training_values
+from tvcore.labelissues import training_values
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -58,7 +58,7 @@ def test_clean_end_to_end_on_real_images(tmp_path):
                    _small_config(), progress=False)
     assert set(result.seconds) == {"extract", "estimate", "filter"}
     rows = load_training_values(tmp_path / "run")
-    assert len(rows) == 36 and {r["class_name"] for r in rows} == {"digit0", "digit1", "digit7"}
+    assert len(rows) == 36 and set(rows["given_label"]) == {"digit0", "digit1", "digit7"}
     placed = list((tmp_path / "run" / "clean").rglob("*.png")) + \
         list((tmp_path / "run" / "dirty").rglob("*.png"))
     assert len(placed) == 36
@@ -74,8 +74,8 @@ def test_clean_end_to_end_on_real_images(tmp_path):
 
 def test_clean_refuses_a_run_directory_inside_the_data(tmp_path):
     write_digit_tree(tmp_path / "train", per_class=3)
-    write_digit_tree(tmp_path / "val", per_class=2)
-    with pytest.raises(TvcleanError, match="inside the input directory"):
+    write_digit_tree(tmp_path / "val", per_class=2, offset=10)
+    with pytest.raises(TvcleanError, match="inside the input folder"):
         clean(tmp_path / "train", tmp_path / "val", tmp_path / "train" / "run", _small_config())
 
 
@@ -132,7 +132,7 @@ def test_flip_labels_is_seeded_and_never_keeps_the_label():
 
 
 def test_artifacts_get_the_usual_file_permissions(tmp_path):
-    from tvcore.rundir import atomic_write_text
+    from tvcore.atomicfile import atomic_write_text
 
     atomic_write_text(tmp_path / "a.txt", "x")
     mask = os.umask(0)

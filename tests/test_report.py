@@ -27,7 +27,7 @@ from tvcore.errors import TvcleanError
 from tvcore.stages.estimate import estimate
 from tvcore.stages.filter import filter_run, load_training_values
 from tvcore.stages.report import (embedding_rows, extreme_rows, load_report_data, rank_convergence,
-                           stage_timings, thumbnail_uri, tsne_2d, write_report)
+                           thumbnail_uri, tsne_2d, write_report)
 
 # A class folder name that breaks HTML unless escaped, and one that breaks matplotlib mathtext.
 NASTY = 'd<b>&"og'
@@ -44,7 +44,8 @@ def _filtered_run(root: Path):
     ok[7] = False  # an image the extract stage could not read
     run = make_feature_run(root / "run", train, labels, val, val_labels, CLASSES, train_ok=ok,
                            data_root=root / "data")
-    estimate(run, EstimateConfig(episodes=10, lr=0.005, checkpoint_every=2), progress=False)
+    estimate(run, Config(estimate=EstimateConfig(episodes=10, lr=0.005, checkpoint_every=2)),
+             progress=False)
     filter_run(run, Config(filter=FilterConfig(output="none"),
                            valuenet=ValueNetConfig(min_examples=10, max_epochs=30)),
                progress=False)
@@ -56,13 +57,13 @@ def report(tmp_path_factory):
     """A filtered run whose lowest-valued cat image is gone and highest is corrupt, reported."""
     run = _filtered_run(tmp_path_factory.mktemp("report"))
     low, high = extreme_rows(load_report_data(run), 0, THUMBNAILS)
-    paths = [r["path"] for r in load_training_values(run)]
+    paths = list(load_training_values(run)["abs_path"])
     os.unlink(paths[low[0]])
     Path(paths[high[0]]).write_bytes(b"not an image")
-    path = write_report(run, ReportConfig(embedding_sample=120, thumbnails=THUMBNAILS),
+    path = write_report(run, {"report": {"embedding_sample": 120, "thumbnails": THUMBNAILS}},
                         progress=False)
     return SimpleNamespace(run=run, path=path, html=path.read_text(encoding="utf-8"),
-                           rows=load_training_values(run))
+                           rows=load_training_values(run).to_dict("records"))
 
 
 def test_report_is_written_in_the_run(report):
@@ -77,7 +78,7 @@ def test_class_table_matches_training_values(report):
     table = {html.unescape(name): tuple(map(int, numbers)) for name, *numbers in found}
     assert list(table) == CLASSES
     for name in CLASSES:
-        mine = [r["decision"] for r in report.rows if r["class_name"] == name]
+        mine = [r["decision"] for r in report.rows if r["given_label"] == name]
         assert table[name] == (len(mine), mine.count("clean"), mine.count("dirty"),
                                mine.count("error"))
     dirty = sum(r["decision"] == "dirty" for r in report.rows)
@@ -122,14 +123,15 @@ def _grid_paths(page: str, label: int, kind: str) -> list[str]:
 
 def test_thumbnails_are_the_extreme_images(report):
     for label, name in enumerate(CLASSES):
-        mine = [r for r in report.rows if r["class_name"] == name and r["score"]]
+        mine = [r for r in report.rows if r["given_label"] == name and not np.isnan(r["score"])]
         mine.sort(key=lambda r: float(r["score"]))
-        assert _grid_paths(report.html, label, "lowest") == [r["path"] for r in
+        assert _grid_paths(report.html, label, "lowest") == [r["abs_path"] for r in
                                                              mine[:THUMBNAILS]]
-        assert _grid_paths(report.html, label, "highest") == [r["path"] for r in
+        assert _grid_paths(report.html, label, "highest") == [r["abs_path"] for r in
                                                               mine[::-1][:THUMBNAILS]]
     assert report.html.count('<figure class="thumb') == 2 * THUMBNAILS * len(CLASSES)
-    lowest = float(min((r for r in report.rows if r["class_name"] == "cat" and r["score"]),
+    lowest = float(min((r for r in report.rows if r["given_label"] == "cat"
+                        and not np.isnan(r["score"])),
                        key=lambda r: float(r["score"]))["score"])
     assert f"{lowest:+.2e}<br>" in _grid(report.html, 0, "lowest")
 
@@ -143,31 +145,17 @@ def test_missing_and_corrupt_images_get_placeholders(report):
 
 def test_discarded_thumbnails_are_framed(report):
     shown = _grid_paths(report.html, 1, "lowest")
-    decisions = {r["path"]: r["decision"] for r in report.rows}
+    decisions = {r["abs_path"]: r["decision"] for r in report.rows}
     framed = re.findall(r'<figure class="thumb (\w+)"', _grid(report.html, 1, "lowest"))
     assert framed == [decisions[p] for p in shown] and "dirty" in framed
 
 
-def test_stage_timings_from_log():
-    log = "\n".join([
-        "2026-01-01 10:00:00 extract: model m (abc), 10 train and 4 val images, 2 classes",
-        "2026-01-01 10:00:05 extract: train: 10 images, 0 failed, 0 files skipped, 4.5s",
-        "2026-01-01 10:00:06 extract: val: 4 images, 0 failed, 0 files skipped, 1.5s",
-        "2026-01-01 10:00:06 estimate: warning: 1 class(es) have fewer than 3s",
-        "2026-01-01 10:00:07 estimate: 10 episodes x 10 examples, 4 validation, linear head, "
-        "0.75s (resumed at episode 5)",
-        "2026-01-01 10:00:08 filter: 9 clean, 1 dirty, 0 unreadable (threshold 0.0, output "
-        "none), 1.25s",
-        "2026-01-01 10:00:09 extract: features are up to date, nothing to do",
-        "2026-01-01 10:00:09 filter: 8 clean, 2 dirty, 0 unreadable (threshold 0.1, output "
-        "copy), 2.00s",
-    ])
-    assert stage_timings(log) == {"extract": 6.0, "estimate": 0.75, "filter": 2.0}
-    clean = log + "\n2026-01-01 10:01:00 clean: extract 7.1s, estimate 0.8s, filter 2.1s, " \
-                  "report 3.0s"
-    assert stage_timings(clean) == {"extract": 7.1, "estimate": 0.8, "filter": 2.1,
-                                    "report": 3.0}
-    assert stage_timings("") == {}
+def test_stage_times_are_the_stages_own_records(report):
+    records = report.run.stage_records()
+    assert {"estimate", "filter", "report"} <= set(records)
+    shown = re.search(r"Stage times</th><td>([^<]*)</td>", report.html).group(1)
+    for stage in ("estimate", "filter"):
+        assert f"{stage} {records[stage]['seconds']:.1f} s" in html.unescape(shown)
 
 
 def test_rank_convergence_is_spearman_against_final():
@@ -246,7 +234,7 @@ def test_missing_stages_are_named(tmp_path):
     run = make_feature_run(tmp_path / "run", train, labels, train, labels)
     with pytest.raises(TvcleanError, match="run `tvclean estimate`"):
         write_report(run)
-    estimate(run, EstimateConfig(episodes=2), progress=False)
+    estimate(run, Config(estimate=EstimateConfig(episodes=2)), progress=False)
     with pytest.raises(TvcleanError, match="run `tvclean filter`"):
         write_report(run)
 
@@ -306,13 +294,13 @@ def test_evaluation_is_saved_and_shown(tmp_path):
     run = _filtered_run(tmp_path)
     rows = load_training_values(run)
     truth = tmp_path / "truth.csv"
-    truth.write_text("path,is_mislabeled\n" + "".join(f"{r['path']},{i % 5 == 0:d}\n"
-                                                     for i, r in enumerate(rows)))
+    truth.write_text("path,is_mislabeled\n" + "".join(f"{p},{i % 5 == 0:d}\n"
+                                                     for i, p in enumerate(rows["abs_path"])))
     result = evaluate(run, truth)
     saved = json.loads((run.root / "evaluation.json").read_text())
     assert saved["overall"]["f1"] == result.overall["f1"]
-    html = write_report(run, ReportConfig(embedding_sample=50, thumbnails=2)).read_text()
+    html = write_report(run, {"report": {"embedding_sample": 50, "thumbnails": 2}}).read_text()
     assert f"F1 {result.overall['f1']:.3f}" in html
     filter_run(run, Config(filter=FilterConfig(output="none", threshold=1.0)), progress=False)
-    stale = write_report(run, ReportConfig(embedding_sample=50, thumbnails=2)).read_text()
+    stale = write_report(run, {"report": {"embedding_sample": 50, "thumbnails": 2}}).read_text()
     assert "Against the truth" not in stale  # decisions changed since the evaluation

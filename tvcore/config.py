@@ -6,6 +6,7 @@ of every stage that ran is written to `RUN/config.toml`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -49,6 +50,22 @@ def _check_choice(section: str, obj: Any, name: str) -> None:
         _fail(section, name, f"must be one of {', '.join(choices)}", value)
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text: the one source of --help, config.toml comments
+    and the README's option table."""
+    return field(default=default, metadata={"help": help})
+
+
+def help_of(section: str, name: str) -> str:
+    return next(f.metadata["help"] for f in dataclasses.fields(SECTIONS[section])
+                if f.name == name)
+
+
+def _check_seed(section: str, obj: Any) -> None:
+    if not 0 <= obj.seed < 2**63:
+        _fail(section, "seed", "must be a whole number >= 0", obj.seed)
+
+
 @dataclass
 class FinetuneConfig:
     """Fine-tuning the CNN on the weak training labels before extraction (`tvclean finetune`).
@@ -58,23 +75,34 @@ class FinetuneConfig:
     accuracy (min_delta 0.005, patience 1).
     """
 
-    enabled: bool = False  # `tvclean clean`: fine-tune first, then extract with the result
-    model: str = "efficientnet-lite0"  # the ImageNet backbone: efficientnet-lite0 or resnet50
-    baseline: str = ""  # a previously fine-tuned .onnx: no training, extract with it
-    pretrained: bool = True  # start from ImageNet weights (false: random weights, for tests)
-    weights: str = ""  # local copy of the ImageNet weights (default: the package's / download)
-    input_size: int = 0  # training and export resolution (multiple of 32); 0 = the model's own
-    epochs: int = 20  # at most this many epochs; early stopping usually ends sooner
-    batch_size: int = 32
-    lr: float = 0.001  # SGD learning rate
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 0.0001
-    min_delta: float = 0.005  # validation-accuracy gain that counts as an improvement
-    patience: int = 1  # epochs without improvement before stopping
-    augment: bool = True  # random resized crops (area 50-100%) and horizontal flips
-    seed: int = 0
-    threads: int = 0  # torch threads; 0 = all cores
+    enabled: bool = option(False, "`tvclean clean`: first fine-tune the CNN (--model) on the "
+                                  "training labels, as `tvclean finetune` (needs "
+                                  "tvclean[torch]), and extract features with it.")
+    model: str = option("efficientnet-lite0", "ImageNet backbone to fine-tune.")
+    baseline: str = option("", "A previously fine-tuned model (.onnx, with its .json) to use "
+                               "instead of training: it is checked and becomes the run's "
+                               "extraction model.")
+    pretrained: bool = option(True, "Start from the ImageNet weights (--no-pretrained: random "
+                                    "weights, for tests).")
+    weights: str = option("", "Local copy of the ImageNet weights (checked by sha256); without "
+                              "it ResNet50's are downloaded from download.pytorch.org.")
+    input_size: int = option(0, "Training and export resolution in pixels, a multiple of 32; "
+                                "0 = the model's own (224). Smaller is much faster on a CPU.")
+    epochs: int = option(20, "At most this many epochs; training stops earlier when "
+                             "validation accuracy stops improving.")
+    batch_size: int = option(32, "Training images per SGD step.")
+    lr: float = option(0.001, "SGD learning rate.")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(True, "Use Nesterov momentum.")
+    weight_decay: float = option(0.0001, "L2 weight decay.")
+    min_delta: float = option(0.005, "A rise in validation accuracy larger than this counts "
+                                     "as an improvement.")
+    patience: int = option(1, "Stop after this many epochs without improvement.")
+    augment: bool = option(True, "Random resized crops (50-100% of the area) and horizontal "
+                                 "flips of the training images.")
+    seed: int = option(0, "Seed of shuffling, crops and the new head: the same seed gives the "
+                          "same model.")
+    threads: int = option(0, "torch threads (0 = all cores).")
 
     def validate(self) -> "FinetuneConfig":
         _check_choice("finetune", self, "model")
@@ -93,6 +121,7 @@ class FinetuneConfig:
                   self.input_size)
         if self.threads < 0:
             _fail("finetune", "threads", "must be >= 0", self.threads)
+        _check_seed("finetune", self)
         return self
 
 
@@ -100,11 +129,16 @@ class FinetuneConfig:
 class ExtractConfig:
     """Feature extraction (`tvclean extract`)."""
 
-    model: str = "efficientnet-lite0"  # a known model name or a path to an .onnx file
-    batch_size: int = 16  # images per inference call (16 beat 32 on 2 cores: benchmarks/bench_extract.py)
-    threads: int = 0  # cores for onnxruntime inference; 0 = all cores
-    decode_workers: int = 0  # image-decoding threads; 0 = one per core
-    max_pixels: int = 89_478_485  # larger images are rejected as decompression bombs
+    model: str = option("efficientnet-lite0", "Feature extractor: a known model name "
+                                              "(efficientnet-lite0, resnet50), a model in the "
+                                              "cache, or a path to an .onnx file.")
+    # 16 beat 32 on 2 cores: benchmarks/bench_extract.py
+    batch_size: int = option(16, "Images per inference call.")
+    threads: int = option(0, "Cores for onnxruntime inference (0 = all), run as concurrent "
+                             "streams.")
+    decode_workers: int = option(0, "Image-decoding threads (0 = one per core).")
+    max_pixels: int = option(89_478_485, "Images with more pixels are skipped as "
+                                         "decompression bombs.")
 
     def validate(self) -> "ExtractConfig":
         _check_positive("extract", self, "batch_size", "max_pixels")
@@ -116,29 +150,35 @@ class ExtractConfig:
 
 @dataclass
 class EstimateConfig:
-    """Monte-Carlo estimation of training-values (`tvclean estimate`)."""
+    """Monte-Carlo estimation of training-values (`tvclean estimate`).
 
-    # Defaults: tvclean's best measured setting (README, "Cleaning quality");
-    # `--preset original` restores the original algorithm's.
-    episodes: int = 150  # independent training runs of a fresh head
-    epochs: int = 1  # passes over the episode's examples per episode
-    # Examples of each class one episode trains on, drawn at random from the subset:
-    # 0 = as many as the smallest class has (balanced episodes); -1 = the whole
-    # subset in every episode (the original); N > 0 = N per class.
-    episode_per_class: int = 0
-    lr: float = 2.0  # SGD learning rate (batch size 1, no momentum)
-    # Features given to the heads: "center-l2" subtracts the training mean and scales
-    # each vector to length 1 (so lr needs no tuning per model); "none" = raw features.
-    feature_norm: str = "center-l2"
-    per_class: int = 1000  # training examples per class in the subset (S)
-    val_per_class: int = 100  # validation examples per class (V)
-    head: str = "linear"  # "linear" softmax or one-hidden-layer "mlp"
-    hidden: int = 100  # hidden units of the mlp head
-    seed: int = 0
-    threads: int = 0  # numba threads; 0 = all cores
-    dtype: str = "float32"  # "float32" (fast) or "float64" (reference precision)
-    checkpoint_every: int = 10  # episodes between checkpoints
-    memory_budget_mb: int = 2048  # above this the Gram matrix is computed in blocks
+    Defaults: tvclean's best measured setting (README, "Cleaning quality");
+    `--preset original` restores the original algorithm's.
+    """
+
+    episodes: int = option(150, "Number of Monte-Carlo episodes (fresh heads trained from "
+                                "scratch).")
+    epochs: int = option(1, "Passes over the episode's examples in each episode.")
+    episode_per_class: int = option(0, "Examples of each class one episode trains on, drawn at "
+                                       "random from the subset: 0 = as many as the smallest "
+                                       "class has (balanced), -1 = the whole subset (the "
+                                       "original), N > 0 = N per class.")
+    lr: float = option(2.0, "SGD learning rate of the batch-size-1 steps.")
+    feature_norm: str = option("center-l2", "Features given to the heads: center-l2 (centred, "
+                                            "unit length, so lr needs no tuning per model) or "
+                                            "none (raw).")
+    per_class: int = option(1000, "Training examples per class in the Monte-Carlo subset.")
+    val_per_class: int = option(100, "Validation examples per class used for the loss.")
+    head: str = option("linear", "Classification head trained in each episode: linear "
+                                 "softmax or a one-hidden-layer mlp.")
+    hidden: int = option(100, "Hidden units of the mlp head.")
+    seed: int = option(0, "Random seed; the same seed gives the same values.")
+    threads: int = option(0, "Worker threads (0 = all cores); does not change the values.")
+    dtype: str = option("float32", "Engine precision: float32 is fast, float64 is the "
+                                   "reference precision.")
+    checkpoint_every: int = option(10, "Episodes between checkpoints (resume points).")
+    memory_budget_mb: int = option(2048, "Memory for the Gram matrix; above it, it is "
+                                         "computed in blocks.")
 
     def validate(self) -> "EstimateConfig":
         _check_positive("estimate", self, "episodes", "epochs", "per_class",
@@ -153,6 +193,7 @@ class EstimateConfig:
         if self.episode_per_class < -1:
             _fail("estimate", "episode_per_class", "must be -1 (all), 0 (balanced) or > 0",
                   self.episode_per_class)
+        _check_seed("estimate", self)
         return self
 
 
@@ -160,17 +201,20 @@ class EstimateConfig:
 class ValueNetConfig:
     """Per-class Training-ValueNet regressors (feature -> training-value)."""
 
-    hidden: int = 100
-    dropout: float = 0.5
-    lr: float = 0.001  # Adam learning rate
-    loss: str = "mae"  # "mae" (the original's) or "mse"
-    val_split: float = 0.1
-    batch_size: int = 32
-    max_epochs: int = 100
-    patience: int = 10
-    target_scale: str = "mean-abs"  # "mean-abs": divide targets by the class's mean |value|; "none"
-    min_examples: int = 10  # fewer MC examples in a class: use its MC estimates directly
-    seed: int = 0
+    hidden: int = option(100, "Hidden ReLU units of each value net.")
+    dropout: float = option(0.5, "Dropout rate of the hidden layer.")
+    lr: float = option(0.001, "Adam learning rate.")
+    loss: str = option("mae", "Loss of the value-net regressors: mae (the original's) or mse.")
+    val_split: float = option(0.1, "Fraction of each class's estimates held out for early "
+                                   "stopping.")
+    batch_size: int = option(32, "Mini-batch size.")
+    max_epochs: int = option(100, "At most this many epochs.")
+    patience: int = option(10, "Stop after this many epochs without a lower held-out loss.")
+    target_scale: str = option("mean-abs", "Scale each class's targets by its mean |value| "
+                                           "before training (mean-abs) or not (none).")
+    min_examples: int = option(10, "A class with fewer Monte-Carlo estimates uses them "
+                                   "directly instead of a value net.")
+    seed: int = option(0, "Random seed of the value nets.")
 
     def validate(self) -> "ValueNetConfig":
         _check_positive("valuenet", self, "hidden", "lr", "batch_size", "max_epochs",
@@ -181,6 +225,7 @@ class ValueNetConfig:
             _fail("valuenet", "val_split", "must be in (0, 1)", self.val_split)
         _check_choice("valuenet", self, "loss")
         _check_choice("valuenet", self, "target_scale")
+        _check_seed("valuenet", self)
         return self
 
 
@@ -188,16 +233,18 @@ class ValueNetConfig:
 class FilterConfig:
     """Decisions and the split data set (`tvclean filter`)."""
 
-    threshold: float = 0.0  # images whose score is below this are discarded
-    # Score = value + confidence_z x its standard error: an image is discarded only
-    # when it is confidently harmful (0 = the original's bare `value < threshold`).
-    confidence_z: float = 1.0
-    # Whose value decides for images in the Monte-Carlo subset: their own "mc"
-    # estimate, or the "valuenet" regressor's prediction (the original). Images
-    # outside the subset are always decided by the regressor.
-    decide_by: str = "mc"
-    output: str = "copy"  # "copy", "hardlink", "symlink" or "none" (CSV only)
-    prefix_values: bool = False  # prefix output file names with the value, as the original
+    threshold: float = option(0.0, "Images whose score (value + z x standard error) is below "
+                                   "this are discarded.")
+    confidence_z: float = option(1.0, "z in the score: discard only images confidently below "
+                                      "the threshold (0 = the bare value, as the original).")
+    decide_by: str = option("mc", "For images in the Monte-Carlo subset, decide by their own "
+                                  "estimate (mc) or by the value net's prediction (valuenet, "
+                                  "as the original); images outside it always by the value "
+                                  "net.")
+    output: str = option("copy", "How clean/ and dirty/ are written: copies, hard links, "
+                                 "symbolic links, or none (training_values.csv only).")
+    prefix_values: bool = option(False, "Prefix output file names with their score, as the "
+                                        "original did with its value.")
 
     def validate(self) -> "FilterConfig":
         for name in ("threshold", "confidence_z"):
@@ -214,9 +261,11 @@ class FilterConfig:
 class ReportConfig:
     """The HTML report (`tvclean report`)."""
 
-    enabled: bool = True
-    embedding_sample: int = 2000  # images in the t-SNE plot
-    thumbnails: int = 8  # most negative / most positive images shown per class
+    enabled: bool = option(True, "`tvclean clean`: write the HTML report RUN/report/index.html "
+                                 "at the end.")
+    embedding_sample: int = option(2000, "Training images (a seeded sample) in the t-SNE "
+                                         "feature map.")
+    thumbnails: int = option(8, "Most negative and most positive images shown per class.")
 
     def validate(self) -> "ReportConfig":
         _check_positive("report", self, "embedding_sample", "thumbnails")
@@ -344,11 +393,62 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def dump_toml(data: dict[str, dict[str, Any]]) -> str:
-    """Write a mapping of tables of scalars as TOML."""
+def dump_toml(data: dict[str, dict[str, Any]], documented: bool = False) -> str:
+    """Write a mapping of tables of scalars as TOML (documented: each known option
+    preceded by its help text as a comment)."""
     lines: list[str] = []
     for section, values in data.items():
+        if documented and section in SECTIONS:
+            lines.append(f"# {_first_line(SECTIONS[section].__doc__)}")
         lines.append(f"[{section}]")
-        lines.extend(f"{key} = {_toml_value(val)}" for key, val in values.items())
+        known = {f.name: f for f in dataclasses.fields(SECTIONS[section])} \
+            if section in SECTIONS else {}
+        for key, val in values.items():
+            if documented and key in known:
+                lines.extend(f"# {line}" for line in _wrap(known[key].metadata["help"], 78))
+            lines.append(f"{key} = {_toml_value(val)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc else ""
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+def resolve_config(run_config: "Config | None", base: "Config | None" = None,
+                   overrides: dict[str, dict[str, Any]] | None = None,
+                   source: str = "options") -> "Config":
+    """The one rule by which every stage, `clean`, the CLI and the API get their settings.
+
+    The starting point is `base` when one is given explicitly (a --config file,
+    a --preset, a Config passed to the API), else the run directory's own
+    config.toml (`run_config`: the settings its stages last ran with), else the
+    defaults. `overrides` ({section: {option: value}}: options typed on the
+    command line, or keyword tables in the API) are applied on top.
+    """
+    config = copy.deepcopy(base if base is not None else run_config if run_config is not None
+                           else Config())
+    for section, values in (overrides or {}).items():
+        if section not in SECTIONS:
+            raise TvcleanError(f"{source}: unknown section [{section}]; known: "
+                               f"{', '.join(SECTIONS)}")
+        set_options(getattr(config, section), section, values, source)
+    return config.validate()
+
+
+def options_table() -> str:
+    """A Markdown table of every option (section, name, default, help), for the README."""
+    rows = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            shown = _toml_value(default)
+            rows.append(f"| `{section}.{f.name}` | `{shown}` | "
+                        f"{f.metadata['help'].replace('|', '/')} |")
+    return "\n".join(rows)

@@ -70,19 +70,6 @@ def select_subset(train_labels, val_labels, n_classes, config: EstimateConfig,
     return Subset(train_rows=train_rows, val_rows=val_rows, warnings=warnings)
 
 
-def check_finite(features: np.ndarray, rows: np.ndarray, what: str, names=None) -> None:
-    """Fail naming the first row whose features contain NaN or inf."""
-    block = 4096
-    for start in range(0, rows.size, block):
-        chunk = rows[start:start + block]
-        bad = ~np.isfinite(features[chunk]).all(axis=1)
-        if bad.any():
-            row = int(chunk[np.argmax(bad)])
-            label = names[row] if names is not None else f"row {row}"
-            raise TvcleanError(f"{what} features of {label} contain NaN or inf; "
-                               "re-extract the features")
-
-
 class MonteCarloProblem:
     """The arrays one Monte-Carlo run works on, in the engine's dtype and layout.
 
@@ -222,12 +209,14 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
     """Mean validation-loss drops (E, epochs, N) float64 of episodes first..stop-1.
 
     NaN marks the examples an episode did not visit (see EstimateConfig.episode_per_class).
+    Raises a TvcleanError naming the episode and the learning rate when a head diverges.
     """
     streams = episode_streams(problem, first, stop)
     dtype = problem.dtype
     weights = [np.ascontiguousarray(w, dtype=dtype) for w in streams.weights]
     drops = np.zeros((stop - first, problem.config.epochs, problem.n_sub))
     part = np.empty_like(drops)
+    initial_loss = np.zeros(stop - first)
     lr = float(problem.config.lr)
     for block, (lo, hi) in enumerate(problem.blocks):
         part.fill(np.nan)
@@ -235,18 +224,57 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
         val_t = problem.val_feats[lo:hi].T.astype(np.float64)
         (gram, absmax), bounds = problem.gram(block), problem.block_bounds(block)
         if problem.config.head == "linear":
-            logits = _as(weights[0].astype(np.float64) @ val_t, dtype)
+            logits = weights[0].astype(np.float64) @ val_t
             mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, absmax,
-                                          bounds, weights[0], logits, streams.orders, lr, part)
+                                          bounds, weights[0], _as(logits, dtype), streams.orders,
+                                          lr, part)
         else:
             pre = _as(weights[0].astype(np.float64) @ val_t, dtype)
             logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)
             mc_kernels.mlp_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
                                        weights[0], weights[1], pre, _as(logits, dtype),
                                        streams.orders, lr, part)
+        initial_loss += _cross_entropy_sum(logits, problem.val_labels[lo:hi])
         drops += part
     drops /= problem.n_val
+    check_not_diverged(drops, streams.orders, initial_loss / problem.n_val, first, lr,
+                       problem.n_classes)
     return drops
+
+
+def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(E,) summed cross-entropy of logits (E, K, m) against labels (m,)."""
+    top = logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0, :]
+    picked = np.take_along_axis(logits, labels[None, None, :].repeat(logits.shape[0], 0),
+                                axis=1)[:, 0, :]
+    return (log_norm - picked).sum(axis=1)
+
+
+DIVERGENCE_FACTOR = 10.0  # a head whose validation loss ends this many times above its start
+
+
+def check_not_diverged(drops: np.ndarray, orders: np.ndarray, initial_loss: np.ndarray,
+                       first: int, lr: float, n_classes: int) -> None:
+    """Fail when an episode's loss drops are not finite where it visited, or when its head
+    ended far worse than it started (the drops of an episode add up to the loss it lost).
+
+    drops (E, epochs, N), orders (E, epochs, steps), initial_loss (E,) mean validation loss
+    of the fresh heads.
+    """
+    for slot in range(drops.shape[0]):
+        visited = drops[slot][np.arange(orders.shape[1])[:, None], orders[slot]]
+        episode = first + slot
+        if not np.all(np.isfinite(visited)):
+            raise TvcleanError(f"the Monte-Carlo heads diverged at episode {episode} (--lr "
+                               f"{lr:g}): the validation loss became infinite or NaN; lower "
+                               f"the learning rate")
+        final = initial_loss[slot] - visited.sum()
+        limit = DIVERGENCE_FACTOR * max(initial_loss[slot], np.log(n_classes))
+        if not final <= limit:
+            raise TvcleanError(f"the Monte-Carlo heads diverged at episode {episode} (--lr "
+                               f"{lr:g}): the validation loss rose from {initial_loss[slot]:.3g} "
+                               f"to {final:.3g}; lower the learning rate")
 
 
 def _as(array: np.ndarray, dtype) -> np.ndarray:

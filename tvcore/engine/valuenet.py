@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from ..config import ValueNetConfig
 from ..errors import TvcleanError
-from ..rundir import atomic_save_npz, atomic_write_json, read_json
+from ..atomicfile import atomic_save_npz, atomic_write_json, read_json
 
 DTYPE = np.float32
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults

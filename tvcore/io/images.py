@@ -17,9 +17,18 @@ from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
 
-# load_image applies its own pixel limit and reports oversize images per file;
-# Pillow's warning about the same images would only be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_bomb_warning_silenced = False
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Image.open, with Pillow's DecompressionBombWarning silenced from the first call on:
+    load_image applies its own pixel limit and reports oversize images per file, so the
+    warning about the same images would only be noise (installed on use, not on import)."""
+    global _bomb_warning_silenced
+    if not _bomb_warning_silenced:
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        _bomb_warning_silenced = True
+    return Image.open(path)
 
 # Mean and standard deviation in pixel units (0..255), RGB order.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -70,35 +79,44 @@ def load_image(path: str | Path, prep: Preprocess,
     Returns a (3, size, size) float32 array, or a one-line error string.
     """
     try:
-        with Image.open(path) as image:
-            return _prepare(image, prep, max_pixels)
+        with open_image(path) as image:
+            return prepare(image, prep, max_pixels)
     except Exception as exc:  # any failure of one image is recorded, not raised
-        return _describe(path, exc)
+        return describe_error(path, exc)
 
 
-def _prepare(image: Image.Image, prep: Preprocess, max_pixels: int) -> np.ndarray | str:
+def prepare(image: Image.Image, prep: Preprocess, max_pixels: int) -> np.ndarray | str:
+    """An opened image as the model's input (3, size, size) float32, or an error string."""
     width, height = image.size
     if width * height > max_pixels:
-        return _too_large(width, height, max_pixels)
-    orientation = image.getexif().get(_ORIENTATION_TAG)
+        return too_large(width, height, max_pixels)
+    orientation = exif_orientation(image)
     if image.format == "JPEG":
-        image.draft("RGB", _draft_size(width, height, prep.resize))
-    image = _to_rgb_or_l(image)
+        image.draft("RGB", draft_size(width, height, prep.resize))
+    image = to_rgb_or_l(image)
     image = _resize_centre_crop(image, prep)
-    if orientation in _UPRIGHT:
-        # The centre crop is square and centred, so rotating it afterwards is
-        # the same as cropping the rotated image, and much cheaper.
-        image = image.transpose(_UPRIGHT[orientation])
-    return normalise(np.asarray(image), prep)
+    # The centre crop is square and centred, so rotating it afterwards is
+    # the same as cropping the rotated image, and much cheaper.
+    return normalise(np.asarray(upright(image, orientation)), prep)
 
 
-def _draft_size(width: int, height: int, resize: int) -> tuple[int, int]:
+def exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag of an opened image (None: none)."""
+    return image.getexif().get(_ORIENTATION_TAG)
+
+
+def upright(image: Image.Image, orientation: int | None) -> Image.Image:
+    """The image turned as its EXIF orientation says it should be seen."""
+    return image.transpose(_UPRIGHT[orientation]) if orientation in _UPRIGHT else image
+
+
+def draft_size(width: int, height: int, resize: int) -> tuple[int, int]:
     """The smallest size JPEG draft mode may decode to: shorter side >= resize."""
     scale = resize / min(width, height)
     return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
 
 
-def _to_rgb_or_l(image: Image.Image) -> Image.Image:
+def to_rgb_or_l(image: Image.Image) -> Image.Image:
     """Convert any mode to 8-bit RGB, or L (grey stays one channel until normalise)."""
     mode = image.mode
     if mode in ("RGB", "L"):
@@ -148,12 +166,12 @@ def normalise(pixels: np.ndarray, prep: Preprocess) -> np.ndarray:
     return out
 
 
-def _too_large(width: int, height: int, max_pixels: int) -> str:
+def too_large(width: int, height: int, max_pixels: int) -> str:
     return (f"image too large: {width}x{height} = {width * height} pixels "
             f"> max_pixels {max_pixels} (possible decompression bomb)")
 
 
-def _describe(path: str | Path, exc: Exception) -> str:
+def describe_error(path: str | Path, exc: Exception) -> str:
     """One line saying why an image could not be used."""
     if isinstance(exc, FileNotFoundError):
         return "file not found"

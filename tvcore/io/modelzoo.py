@@ -25,12 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TvcleanError
+from ..errors import TvcleanError, one_line
 from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
 from ..progress import Progress
-from ..rundir import _FILE_MODE as FILE_MODE  # mkstemp alone would give 0600
-from ..rundir import atomic_write_with
-from ..rundir import atomic_write_json, read_json
+from ..atomicfile import FILE_MODE, atomic_write_json, atomic_write_with, read_json
 
 NORMALISATIONS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
@@ -108,9 +106,15 @@ class ModelSpec:
 def cache_dir() -> Path:
     """Where exported and fetched models live: $TVCLEAN_CACHE or ~/.cache/tvclean."""
     if os.environ.get("TVCLEAN_CACHE"):
-        return Path(os.environ["TVCLEAN_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "tvclean"
+        path = Path(os.environ["TVCLEAN_CACHE"]).expanduser()
+        source = "TVCLEAN_CACHE"
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tvclean"
+        source = "the model cache"
+    if path.exists() and not path.is_dir():
+        raise TvcleanError(f"{source} {path} is a file, not a folder; point TVCLEAN_CACHE at "
+                           f"a folder")
+    return path
 
 
 def embedded_dir() -> Path:
@@ -309,7 +313,7 @@ def _stream(url: str, fh, label: str, progress: bool | None) -> str:
                     bar.update(len(chunk))
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise TvcleanError(f"download of {url} failed after {received} bytes: "
-                           f"{_one_line(exc)}") from None
+                           f"{one_line(exc)}") from None
     if expected and received != int(expected):
         raise TvcleanError(f"download of {url} is truncated: {received} of {expected} bytes")
     return digest.hexdigest()
@@ -323,7 +327,3 @@ def _check_network_allowed(url: str) -> None:
     if offline not in ("", "0") and parsed.scheme != "file" and parsed.hostname not in _LOCAL_HOSTS:
         raise TvcleanError(f"network access is disabled (TVCLEAN_OFFLINE={offline}): "
                            f"cannot download {url}")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import images
-from ..io.images import DEFAULT_MAX_PIXELS, Preprocess, normalise
+from ..io.images import DEFAULT_MAX_PIXELS, Preprocess, normalise, open_image
 
 CROP_AREA = (0.5, 1.0)  # fraction of the image's area
 CROP_RATIO = (3 / 4, 4 / 3)  # width / height
@@ -46,23 +46,22 @@ def load_augmented(path: str | Path, prep: Preprocess, rng: np.random.Generator,
     wants, or a one-line error string (as `tvcore.images.load_image`).
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return _augmented(image, prep, rng, max_pixels)
     except Exception as exc:  # any failure of one image is recorded, not raised
-        return images._describe(path, exc)
+        return images.describe_error(path, exc)
 
 
 def _augmented(image: Image.Image, prep: Preprocess, rng: np.random.Generator,
                max_pixels: int) -> np.ndarray | str:
     width, height = image.size
     if width * height > max_pixels:
-        return images._too_large(width, height, max_pixels)
-    orientation = image.getexif().get(images._ORIENTATION_TAG)
+        return images.too_large(width, height, max_pixels)
+    orientation = images.exif_orientation(image)
     if image.format == "JPEG":
-        image.draft("RGB", images._draft_size(width, height, prep.resize))
-    image = images._to_rgb_or_l(image)
-    if orientation in images._UPRIGHT:
-        image = image.transpose(images._UPRIGHT[orientation])
+        image.draft("RGB", images.draft_size(width, height, prep.resize))
+    image = images.to_rgb_or_l(image)
+    image = images.upright(image, orientation)
     box = random_box(rng, *image.size)
     image = image.resize((prep.size, prep.size), Image.Resampling.BILINEAR, box=box)
     if rng.uniform() < 0.5:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..config import FinetuneConfig
 from ..errors import TvcleanError
-from ..rundir import atomic_write_bytes
+from ..atomicfile import atomic_write_bytes
 
 BATCHNORM_MOMENTUM = 0.1  # PyTorch's default; ResNet50 already has it
 

@@ -1,36 +1,50 @@
 """Writing the split data set RUN/clean/<class>/ and RUN/dirty/<class>/.
 
-The user's images are only ever read: copies (default, as the original),
-hard links or symbolic links are made inside the run directory, and a run
-directory inside an input directory is refused.
+The user's images are only ever read: copies (default, as the original), hard
+links or symbolic links are made inside the run directory. tvclean keeps a
+record of every file and folder it placed (RUN/.tvclean/split.json) and only
+ever removes those: a file of the user's inside RUN/clean stays where it is.
+A new split is built in RUN/.tvclean/ and swapped in when complete, so
+clean/ and dirty/ always hold one whole split.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Iterable, Sequence
 
+from ..atomicfile import atomic_write_json, read_json
 from ..config import CHOICES
-from ..errors import TvcleanError
+from ..errors import TvcleanError, one_line
 from ..progress import Progress
+from .run import RunDir
 
 MODES = CHOICES["filter"]["output"]
+FOLDERS = ("clean", "dirty")
+RECORD = "split.json"
 
 
-def check_outside_inputs(run_root: Path, inputs: Sequence[str | Path]) -> None:
-    """Refuse a run directory inside (or equal to) an input directory."""
-    run_root = Path(run_root).resolve()
-    for source in inputs:
-        folder = Path(source).resolve()
-        folder = folder.parent if folder.is_file() else folder
-        if run_root == folder or folder in run_root.parents:
-            raise TvcleanError(f"the output directory {run_root} is inside the input directory "
-                               f"{folder}; choose an output directory outside your data")
+@dataclass(frozen=True)
+class Placement:
+    """One image of the split: where it comes from and where it goes below RUN/<decision>/."""
+
+    source: str  # absolute path of the user's image
+    decision: str  # "clean" or "dirty"
+    class_name: str
+    name: str  # file name below the class folder (may hold sub-folders)
 
 
-def relative_name(path: str, class_name: str, roots: Sequence[str | Path]) -> Path:
+@dataclass
+class SplitSummary:
+    counts: dict[str, int]
+    foreign: list[str]  # files tvclean did not create, left in place (relative to RUN)
+    up_to_date: bool = False
+
+
+def relative_name(path: str, class_name: str, roots: Sequence[str | Path]) -> str:
     """Where an image goes below <decision>/<class>/: its path below its class folder.
 
     Images outside the given roots (manifest entries elsewhere) keep their file name.
@@ -44,68 +58,182 @@ def relative_name(path: str, class_name: str, roots: Sequence[str | Path]) -> Pa
         except ValueError:
             continue
         parts = rel.parts
-        return Path(*parts[1:]) if len(parts) > 1 and parts[0] == class_name else rel
-    return Path(image.name)
+        return str(Path(*parts[1:]) if len(parts) > 1 and parts[0] == class_name else rel)
+    return image.name
 
 
-def _place(source: Path, target: Path, mode: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "copy":
-        shutil.copy2(source, target)
-    elif mode == "hardlink":
-        try:
-            os.link(source, target)
-        except OSError as exc:
-            raise TvcleanError(f"cannot hard-link {source} into {target.parent} ({exc.strerror}); "
-                               "use --output copy or symlink") from None
-    else:
-        os.symlink(source.resolve(), target)
+def write_split_dataset(run: RunDir, items: Sequence[Placement], mode: str,
+                        progress: bool | None = None) -> SplitSummary:
+    """Place every image under RUN/<decision>/<class>/<name> (mode none: remove tvclean's).
 
-
-def _unique(target: Path, taken: set[Path]) -> Path:
-    candidate, n = target, 1
-    while candidate in taken:
-        candidate = target.with_name(f"{target.stem}_{n}{target.suffix}")
-        n += 1
-    taken.add(candidate)
-    return candidate
-
-
-def write_split_dataset(run_root: Path, items: Sequence[tuple[str, str, str, str]], mode: str,
-                        progress: bool | None = None) -> dict[str, int]:
-    """Place every image under RUN/<decision>/<class>/<name>.
-
-    items: (source path, decision "clean"/"dirty", class name, file name below
-    the class folder). The previous clean/ and dirty/ folders of this run are
-    replaced only once the new ones are complete. Returns counts per decision.
+    The caller holds the run's writer lock. Returns counts per decision and the
+    files found in clean/ or dirty/ that tvclean did not create.
     """
     if mode not in MODES:
         raise TvcleanError(f"invalid filter.output (--output): must be one of "
                            f"{', '.join(MODES)}, got {mode!r}")
-    run_root = Path(run_root)
-    staging = {d: run_root / f".{d}.partial" for d in ("clean", "dirty")}
-    for folder in staging.values():
-        if folder.exists():
-            shutil.rmtree(folder)
-    counts = {"clean": 0, "dirty": 0}
-    for _, decision, _, _ in items:
-        counts[decision] += 1
-    if mode != "none":
-        taken: set[Path] = set()
-        with Progress(len(items), f"filter: {mode} images", enabled=progress) as bar:
-            for source, decision, class_name, name in items:
-                target = _unique(staging[decision] / class_name / name, taken)
-                try:
-                    _place(Path(source), target, mode)
-                except FileNotFoundError:
-                    raise TvcleanError(f"image not found: {source} (moved since extraction?)") \
-                        from None
-                bar.update()
-    for decision, folder in staging.items():
-        final = run_root / decision
-        if final.exists() or final.is_symlink():
-            shutil.rmtree(final)
-        if mode != "none":
-            folder.mkdir(parents=True, exist_ok=True)
-            folder.rename(final)
-    return counts
+    counts = {d: sum(1 for item in items if item.decision == d) for d in FOLDERS}
+    fingerprint = [mode, [(i.source, i.decision, i.class_name, i.name) for i in items]]
+    record = _read_record(run)
+    for folder in FOLDERS:
+        _check_folder(run, folder, record)
+    if record.get("fingerprint") == fingerprint and _intact(run, record):
+        return SplitSummary(counts=counts, foreign=[], up_to_date=True)
+    staging = run.own / "staging"
+    _remove_own_tree(staging)
+    placed = _build(staging, items, mode, progress) if mode != "none" else {d: [] for d in FOLDERS}
+    # Written first: a crash during the swap leaves both the old and the new files on record.
+    ours = {d: sorted(set(record.get("files", {}).get(d, [])) | set(placed[d])) for d in FOLDERS}
+    atomic_write_json(run.own / RECORD, {"fingerprint": None, "files": ours})
+    foreign: list[str] = []
+    for folder in FOLDERS:
+        foreign += _swap_in(run, folder, staging / folder, set(record.get("files", {})
+                                                               .get(folder, [])), mode != "none")
+    _remove_own_tree(staging)
+    atomic_write_json(run.own / RECORD, {"fingerprint": fingerprint, "files": placed})
+    return SplitSummary(counts=counts, foreign=foreign)
+
+
+def _read_record(run: RunDir) -> dict:
+    path = run.own / RECORD
+    if not path.exists():
+        return {}
+    try:
+        record = read_json(path)
+    except TvcleanError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _intact(run: RunDir, record: dict) -> bool:
+    files = record.get("files", {})
+    return all(os.path.lexists(run.root / d / f) for d in FOLDERS for f in files.get(d, []))
+
+
+def _check_folder(run: RunDir, folder: str, record: dict) -> None:
+    path = run.root / folder
+    if path.is_symlink():
+        raise TvcleanError(f"{path} is a symbolic link that tvclean did not create; move it "
+                           f"away (tvclean writes the split data set there)")
+    if path.exists() and not path.is_dir():
+        raise TvcleanError(f"{path} is a file that tvclean did not create; move it away "
+                           f"(tvclean writes the split data set there)")
+
+
+def _build(staging: Path, items: Sequence[Placement], mode: str,
+           progress: bool | None) -> dict[str, list[str]]:
+    """Place every image below staging/<decision>/; returns the placed names per decision."""
+    placed: dict[str, list[str]] = {d: [] for d in FOLDERS}
+    taken: set[str] = set()
+    with Progress(len(items), f"filter: {mode} images", enabled=progress) as bar:
+        for item in items:
+            relative = _unique(_safe_relative(item.class_name, item.name), taken)
+            target = staging / item.decision / relative
+            _place(Path(item.source), target, mode)
+            placed[item.decision].append(relative)
+            bar.update()
+    return placed
+
+
+def _safe_relative(class_name: str, name: str) -> str:
+    """class/name as a relative path that cannot leave its folder."""
+    relative = PurePath(class_name, name)
+    if relative.is_absolute() or any(part in ("..", "") for part in relative.parts) \
+            or len(relative.parts) < 2:
+        raise TvcleanError(f"refusing to write {str(relative)!r}: it would leave the run "
+                           f"directory's {class_name!r} folder")
+    return relative.as_posix()
+
+
+def _unique(relative: str, taken: set[str]) -> str:
+    candidate, n = relative, 1
+    path = PurePath(relative)
+    while candidate.casefold() in taken:
+        candidate = path.with_name(f"{path.stem}_{n}{path.suffix}").as_posix()
+        n += 1
+    taken.add(candidate.casefold())
+    return candidate
+
+
+def _place(source: Path, target: Path, mode: str) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "copy":
+            shutil.copy2(source, target)
+        elif mode == "hardlink":
+            os.link(source, target)
+        else:
+            os.symlink(source.resolve(), target)
+    except FileNotFoundError:
+        if not source.exists():
+            raise TvcleanError(f"image not found: {source} (moved since extraction?)") from None
+        raise
+    except OSError as exc:
+        if mode == "hardlink" and exc.filename in (str(source), None):
+            raise TvcleanError(f"cannot hard-link {source} into {target.parent} "
+                               f"({exc.strerror}); use --output copy or symlink") from None
+        raise TvcleanError(f"cannot write {target}: {exc.strerror or one_line(exc)}") from None
+
+
+def _swap_in(run: RunDir, folder: str, staged: Path, ours: set[str], present: bool) -> list[str]:
+    """Replace tvclean's files in RUN/folder by the staged ones; returns the foreign files."""
+    final = run.root / folder
+    foreign = sorted(_files_below(final) - ours) if final.is_dir() else []
+    if not foreign:
+        if final.is_dir():
+            retired = run.own / f"retired-{folder}"
+            _remove_own_tree(retired)
+            os.replace(final, retired)
+            _remove_own_tree(retired)
+        if present:
+            staged.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
+        return []
+    # The user keeps files here: take out only tvclean's, then move the new ones in.
+    incoming = sorted(_files_below(staged)) if present else []
+    clash = sorted(set(incoming) & set(foreign))
+    if clash:
+        raise TvcleanError(f"{final / clash[0]} was not created by tvclean but has the name of "
+                           f"an image of the split; rename or move it, then re-run "
+                           f"`tvclean filter`")
+    for relative in sorted(ours, reverse=True):
+        path = final / relative
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        _prune_empty_dirs(path.parent, final)
+    for relative in incoming:
+        target = final / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged / relative, target)
+    return [f"{folder}/{name}" for name in foreign]
+
+
+def _files_below(folder: Path) -> set[str]:
+    found = set()
+    for dirpath, dirnames, filenames in os.walk(folder):  # symbolic links are not followed
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            found.add(Path(dirpath, name).relative_to(folder).as_posix())
+    return found
+
+
+def _prune_empty_dirs(folder: Path, stop: Path) -> None:
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _remove_own_tree(path: Path) -> None:
+    """Remove a folder inside RUN/.tvclean (tvclean's own working space)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def placements(paths: Iterable[str], decisions: Iterable[str], class_names: Iterable[str],
+               names: Iterable[str]) -> list[Placement]:
+    return [Placement(source=p, decision=d, class_name=c, name=n)
+            for p, d, c, n in zip(paths, decisions, class_names, names) if d in FOLDERS]

@@ -6,14 +6,18 @@ import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 from ..config import SECTIONS, Config
-from .estimate import Estimates, estimate
-from .extract import ExtractSummary, extract
+from ..engine.estimates import Estimates
+from ..io.dataset import discover
+from ..rundir import RunDir
+from .estimate import estimate
+from .extract import ExtractSummary, check_inputs_apart, extract
 from .filter import FilterResult, filter_run
 from .finetune import FinetuneResult, finetune
-from ..rundir import RunDir
-from ..rundir.splitdata import check_outside_inputs
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,45 +31,54 @@ class CleanResult:
     report: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     finetune: FinetuneResult | None = None  # with config.finetune.enabled or .baseline
+    config: Config | None = None  # the settings every stage ran with
 
 
 def clean(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
-          config: Config | None = None, progress: bool | None = None,
-          cluster=None) -> CleanResult:
+          config: Config | Mapping[str, Mapping[str, Any]] | None = None,
+          progress: bool | None = None, cluster: Any = None) -> CleanResult:
     """Clean a weakly-labeled training set: all stages, artifacts in RUN.
 
     train, val: class-folder roots or CSV manifests (val None: train holds
-    train/ and val/). cluster: a tvcore.distributed.Cluster or
+    train/ and val/). config: a Config, or {section: {option: value}}
+    overrides of RUN's config.toml when RUN exists (see
+    tvcore.config.resolve_config). cluster: a tvcore.cluster.Cluster or
     distributed.Client for the extract and estimate stages (None: this
     process). Each stage skips work an earlier run already finished. With
     config.finetune.enabled (or .baseline) the CNN is fine-tuned first (or the
     baseline loaded) and features are extracted with the result.
     """
-    config = (config or Config()).validate()
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    check_outside_inputs(run.root, [p for p in (train, val) if p is not None])
+    run = RunDir.of(run)
+    check_inputs_apart(run, discover(train, val))
+    with run.writing("clean"):
+        settings = run.resolve(config)
+        return _clean(train, val, run, settings, progress, cluster)
+
+
+def _clean(train: str | Path, val: str | Path | None, run: RunDir, config: Config,
+           progress: bool | None, cluster: Any) -> CleanResult:
     seconds: dict[str, float] = {}
 
-    def timed(name, fn, *args):
+    def timed(name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         start = time.perf_counter()
-        value = fn(*args)
+        value = fn(*args, **kwargs)
         seconds[name] = time.perf_counter() - start
         return value
 
     tuned = None
     if config.finetune.enabled or config.finetune.baseline:
-        config = copy.deepcopy(config)  # extract.model becomes the fine-tuned file
         tuned = timed("finetune", finetune, train, val, run, config, progress)
+        config = copy.deepcopy(config)  # extract.model becomes the fine-tuned file
         config.extract.model = str(tuned.model_path)
-    extracted = timed("extract", extract, train, val, run, config.extract, progress, cluster)
+    extracted = timed("extract", extract, train, val, run, config, progress, cluster)
     estimates = timed("estimate", estimate, run, config, progress, cluster)
     filtered = timed("filter", filter_run, run, config, progress)
     report = None
     if config.report.enabled:
         from .report import write_report
 
-        report = timed("report", write_report, run, config.report)
+        report = timed("report", write_report, run, config, progress)
     run.save_config(config, list(SECTIONS))
     run.log("clean: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
     return CleanResult(run=run.root, extract=extracted, estimates=estimates, filter=filtered,
-                       report=report, seconds=seconds, finetune=tuned)
+                       report=report, seconds=seconds, finetune=tuned, config=config)

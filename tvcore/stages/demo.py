@@ -4,12 +4,13 @@ The archive tvcore/data/fashion-mnist-demo.npz holds 250 training images per
 class (from the official training split) and 50 validation images per class
 (from the official test split); see tvcore/data/README.md for its licence.
 `materialize` writes them as PNG class folders with flipped training labels
-and a truth file; `run_demo` cleans them and scores the result.
+and a truth file; `run_demo` cleans them and scores the result. The archive is
+built from the Debian package dataset-fashion-mnist by
+benchmarks/fashion_mnist.py (build_archive).
 """
 
 from __future__ import annotations
 
-import gzip
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -18,55 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomicfile import atomic_write_csv, atomic_write_json
 from ..config import Config
-from ..errors import TvcleanError
-from ..rundir import atomic_write_csv
+from ..errors import TvcleanError, one_line
+from ..rundir.ownership import DEMO_MARKER
 
 CLASS_NAMES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                "sneaker", "bag", "ankle-boot"]
 ARCHIVE = "fashion-mnist-demo.npz"
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
 DEMO_NOISE = 0.2
 DEMO_SEED = 0
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), gzipped or not."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
-        raise TvcleanError(f"{path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist(split: str, root: str | Path = FASHION_MNIST_DIR):
-    """Images (n, 28, 28) uint8 and labels (n,) of the official 'train' or 't10k' split."""
-    root = Path(root)
-    images = root / f"{split}-images-idx3-ubyte.gz"
-    if not images.exists():
-        raise TvcleanError(f"{images} not found; install the Debian package dataset-fashion-mnist")
-    return read_idx(images), read_idx(root / f"{split}-labels-idx1-ubyte.gz").astype(np.int64)
-
-
-def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
-    """Indices of the first `per_class` examples of every class, in class order."""
-    return np.concatenate([np.flatnonzero(labels == k)[:per_class]
-                           for k in range(int(labels.max()) + 1)])
-
-
-def build_archive(out: str | Path, train_per_class=250, val_per_class=50,
-                  root: str | Path = FASHION_MNIST_DIR) -> None:
-    """Write the demo archive from the Debian Fashion-MNIST files (run once, by developers)."""
-    train_images, train_labels = load_fashion_mnist("train", root)
-    val_images, val_labels = load_fashion_mnist("t10k", root)
-    t = first_per_class(train_labels, train_per_class)
-    v = first_per_class(val_labels, val_per_class)
-    np.savez_compressed(out, train_images=train_images[t], train_labels=train_labels[t],
-                        val_images=val_images[v], val_labels=val_labels[v])
 
 
 def load_archive() -> dict[str, np.ndarray]:
@@ -99,7 +61,8 @@ def materialize(out: str | Path, noise: float = DEMO_NOISE, seed: int = DEMO_SEE
     """Write DATA/train/<class>/*.png (labels partly flipped), DATA/val/, DATA/truth.csv.
 
     Returns the DATA folder. truth.csv lists every training image with
-    is_mislabeled and true_label, for `tvclean evaluate`.
+    is_mislabeled and true_label, for `tvclean evaluate`. A DATA folder that
+    is complete already (truth.csv is written last) is left as it is.
     """
     data_dir = Path(out)
     if (data_dir / "truth.csv").exists():
@@ -112,6 +75,23 @@ def materialize(out: str | Path, noise: float = DEMO_NOISE, seed: int = DEMO_SEE
                      ((p.relative_to(data_dir), int(f), CLASS_NAMES[t])
                       for p, f, t in zip(train_paths, flipped, archive["train_labels"])))
     return data_dir
+
+
+def claim_demo_folder(out: Path) -> None:
+    """OUT must be new, empty, or an earlier demo's folder (its marker says so)."""
+    if out.exists() and not out.is_dir():
+        raise TvcleanError(f"{out} is a file, not a folder (-o/--out)")
+    if (out / DEMO_MARKER).is_file():
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise TvcleanError(f"{out} is not empty and is not a tvclean demo folder; choose a new "
+                           f"or empty folder for the demo (-o/--out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / DEMO_MARKER, {"tvclean_demo": 1})
+    except OSError as exc:
+        raise TvcleanError(f"cannot create the demo folder {out}: "
+                           f"{exc.strerror or one_line(exc)}") from None
 
 
 def demo_config() -> Config:
@@ -136,8 +116,11 @@ def run_demo(out: str | Path, config: Config | None = None,
     from .clean import clean
     from .report import write_report
 
+    if not str(out).strip():
+        raise TvcleanError("-o/--out must name a folder")
     out = Path(out)
     config = config or demo_config()
+    claim_demo_folder(out)
     start = time.perf_counter()
     data = materialize(out / "data")
     prepared = time.perf_counter() - start
@@ -149,7 +132,7 @@ def run_demo(out: str | Path, config: Config | None = None,
     seconds = {"prepare data": prepared, **result.seconds}
     if with_report:
         started = time.perf_counter()
-        write_report(out / "run", config.report, progress)
+        write_report(out / "run", config, progress)
         seconds["report"] = time.perf_counter() - started
     config.report.enabled = with_report
     return DemoResult(data=data, run=out / "run", metrics=evaluation.to_dict()["overall"],

@@ -20,12 +20,11 @@ from typing import Callable, Iterable
 import numpy as np
 
 from ..errors import TvcleanError
-from ..rundir import RunDir, atomic_write_json
+from ..atomicfile import atomic_write_json
+from ..rundir import RunDir, read_training_values
+from ..rundir.run import EVALUATION
 
-EVALUATION_FILE = "evaluation.json"  # written into the run directory
-
-TRAINING_VALUES_COLUMNS = ("path", "label", "class_name", "predicted_value", "decision")
-DECISIONS = ("clean", "dirty", "error")
+EVALUATION_FILE = EVALUATION  # written into the run directory
 _TRUE = frozenset({"1", "true", "yes"})
 _FALSE = frozenset({"0", "false", "no"})
 # Match strategies: key in Evaluation.matched_by -> how the table names it.
@@ -139,10 +138,13 @@ def evaluate(run: str | Path | RunDir, truth: str | Path, save: bool = True) -> 
 
     save: also write the result to RUN/evaluation.json (the report shows it).
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    result = _evaluate(run, truth)
-    if save:
-        atomic_write_json(run.root / EVALUATION_FILE, result.to_dict())
+    run = RunDir.of(run)
+    if not save:
+        return _evaluate(run, truth)
+    run.require("training_values.csv", "filter")
+    with run.writing("evaluate"):
+        result = _evaluate(run, truth)
+        atomic_write_json(run.evaluation, result.to_dict())
     return result
 
 
@@ -213,26 +215,16 @@ def _differs(true_label: str, label: int, class_name: str, known_names: set[str]
 
 
 def load_training_values(run: RunDir) -> _TrainingValues:
-    """Read RUN/training_values.csv, checking its columns and values."""
-    path = run.require(run.training_values.name, "filter")
-    _, rows = _read_table(path, TRAINING_VALUES_COLUMNS, "re-run `tvclean filter`")
-    labels, values, decisions = [], [], []
-    for line, row in enumerate(rows, start=2):
-        decision = row["decision"]
-        if decision not in DECISIONS:
-            raise TvcleanError(f"{path} line {line}: decision must be one of "
-                               f"{', '.join(DECISIONS)}, got {decision!r}")
-        labels.append(_parse_int(row["label"], path, line, "label"))
-        # Rank by the number the decision used: the score where the CSV has one.
-        column = "score" if row.get("score") else "predicted_value"
-        values.append(math.nan if decision == "error"
-                      else _parse_finite(row[column], path, line, column))
-        decisions.append(decision)
-    decisions = np.array(decisions, dtype=object)
-    return _TrainingValues(
-        paths=[r["path"] for r in rows], labels=np.array(labels, dtype=np.int64),
-        class_names=[r["class_name"] for r in rows], values=np.array(values, dtype=np.float64),
-        discarded=decisions == "dirty", error=decisions == "error")
+    """RUN/training_values.csv (the typed reader of tvcore.rundir.tables) as evaluation arrays:
+    ranked by the number the decision used, the score."""
+    table = read_training_values(run.require(run.training_values.name, "filter"))
+    if not len(table):
+        raise TvcleanError(f"{run.training_values}: no rows")
+    error = np.array([d == "error" for d in table.decision])
+    return _TrainingValues(paths=table.abs_path, labels=table.given_label_index,
+                           class_names=table.given_label,
+                           values=np.where(error, np.nan, table.score),
+                           discarded=table.is_label_issue, error=error)
 
 
 def _read_table(path: Path, required: Iterable[str],
@@ -255,24 +247,6 @@ def _read_table(path: Path, required: Iterable[str],
     if not rows:
         raise TvcleanError(f"{path}: no rows")
     return header, rows
-
-
-def _parse_int(text: str, path: Path, line: int, column: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise TvcleanError(f"{path} line {line}: {column} must be an integer, got {text!r}") from None
-
-
-def _parse_finite(text: str, path: Path, line: int, column: str = "predicted_value") -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise TvcleanError(f"{path} line {line}: {column} must be a finite number, "
-                           f"got {text!r}")
-    return value
 
 
 # --- reading the truth ----------------------------------------------------------------------

@@ -1,10 +1,10 @@
 """The `extract` stage: images -> CNN features in RUN/features/.
 
-Decoding runs in a thread pool a couple of batches ahead of onnxruntime, so
-the CPU decodes the next batch while the model runs on this one. Work is
-checkpointed per batch into `<split>.npy.partial` plus a progress record;
-re-running finishes an interrupted run (even one killed with -9) and skips a
-finished one. See tvcore.rundir for the artifacts' layout.
+Work is checkpointed into `<split>.npy.partial` plus a progress record
+(tvcore.rundir.features.SplitWriter); re-running finishes an interrupted run
+(even one killed with -9) and skips a finished one. Locally, batches stream
+through one FeatureExtractor; on a cluster, shards of batches run on the
+workers (tvcore.stages.extract_cluster). Both feed the same store loop.
 """
 
 from __future__ import annotations
@@ -13,28 +13,29 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .. import __version__
-from ..config import Config, ExtractConfig
-from ..io.dataset import Dataset, SplitFiles, discover
+from ..atomicfile import atomic_write_json, read_json
+from ..config import Config
 from ..errors import TvcleanError
-from ..rundir.featureset import INDEX_HEADER
-from ..io.images import load_image
+from ..io.dataset import Dataset, discover
+from ..io.inference import FeatureExtractor
 from ..io.modelzoo import ModelSpec, resolve_model
 from ..progress import Progress
-from ..rundir import RunDir, atomic_write_csv, atomic_write_json, read_csv, read_json
+from ..rundir import RunDir
+from ..rundir.features import SplitWriter
+from ..rundir.ownership import check_no_overlap, check_not_in_another_run
+from ..rundir.tables import read_index
 
 CHECKPOINT_SECONDS = 2.0  # at most this much work is redone after a kill
-PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
-MAX_STREAMS = 4  # concurrent inference calls; each holds a batch of activations
+
+# (writer, first row) and (features (b, D), {row offset: decoding error}) of one finished range
+Result = tuple[tuple[SplitWriter, int], tuple[np.ndarray, dict[int, str]]]
 
 
 @dataclass
@@ -80,216 +81,118 @@ class ExtractSummary:
                            for name, s in self.splits.items()}}
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class FeatureExtractor:
-    """One model in onnxruntime, fed by a pool of image-decoding threads.
-
-    threads: cores for inference (0 = all). They run as up to MAX_STREAMS
-    concurrent inference calls on one session, each with threads / streams
-    onnxruntime threads: on few cores, single-threaded calls side by side use
-    the CPU better than one call split over all cores, and leave no idle gaps
-    for the decoders to wait in. decode_workers: decoding threads (0 = one
-    per core). Use as a context manager.
-    """
-
-    def __init__(self, model: ModelSpec, batch_size: int = 32, threads: int = 0,
-                 decode_workers: int = 0, max_pixels: int = 89_478_485):
-        self.model = model
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
-        cores = available_cores()
-        threads = threads or cores
-        self.streams = min(threads, MAX_STREAMS)
-        self.session = _open_session(model, max(1, threads // self.streams))
-        self.input_name, self.output_name = _io_names(self.session, model)
-        self.dim = self._probe_dim()
-        self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
-        self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
-
-    def __enter__(self) -> "FeatureExtractor":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.decoders.shutdown(wait=True, cancel_futures=True)
-        self.runners.shutdown(wait=True, cancel_futures=True)
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """(n, 3, S, S) float32 preprocessed images -> (n, D) float32 features.
-
-        The batch is split over the inference streams, so a caller with its own
-        loop still uses every inference thread (do not call it from a stream).
-        """
-        if len(images) == 0:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = np.array_split(images, min(self.streams, len(images)))
-        return np.concatenate(list(self.runners.map(self.features_in_this_thread, chunks)))
-
-    def features_in_this_thread(self, images: np.ndarray) -> np.ndarray:
-        """Like features(), as one onnxruntime call on the calling thread (one stream)."""
-        out = self.session.run([self.output_name], {self.input_name: images})[0]
-        return out.reshape(len(images), -1).astype(np.float32, copy=False)
-
-    def run_batches(self, batches: Iterable[Sequence[str]]
-                    ) -> Iterator[tuple[np.ndarray, dict[int, str]]]:
-        """For each batch of image paths, in order: (b, D) features and {index: error}.
-
-        Rows of images that failed to decode are zero. Keeps every inference
-        stream busy plus PREFETCH_BATCHES batches decoding ahead.
-        """
-        batches = iter(batches)
-        ahead = self.streams + PREFETCH_BATCHES
-        pending = deque(self._submit(paths) for paths in islice(batches, ahead))
-        while pending:
-            result = pending.popleft()
-            following = next(batches, None)
-            if following is not None:
-                pending.append(self._submit(following))
-            yield result.result()
-
-    def _submit(self, paths: Sequence[str]):
-        prep, limit = self.model.preprocess, self.max_pixels
-        decoding = [self.decoders.submit(load_image, path, prep, limit) for path in paths]
-        return self.runners.submit(self._run_batch, decoding)
-
-    def _run_batch(self, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
-        decoded = [future.result() for future in decoding]
-        errors = {i: r for i, r in enumerate(decoded) if isinstance(r, str)}
-        good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
-        features = np.zeros((len(decoded), self.dim), dtype=np.float32)
-        if good:
-            features[good] = self.features_in_this_thread(np.stack([decoded[i] for i in good]))
-        return features, errors
-
-    def _probe_dim(self) -> int:
-        size = self.model.preprocess.size
-        try:
-            out = self.session.run([self.output_name], {
-                self.input_name: np.zeros((1, 3, size, size), dtype=np.float32)})[0]
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise TvcleanError(f"model {self.model.path} does not accept (1, 3, {size}, {size}) "
-                               f"float32 input: {_one_line(exc)}") from None
-        if out.ndim < 2 or out.shape[0] != 1 or int(np.prod(out.shape[2:])) != 1:
-            raise TvcleanError(f"model {self.model.path}: output {self.output_name!r} has shape "
-                               f"{list(out.shape)} for one image; expected (N, D) features")
-        return int(out.shape[1])
-
-
-def _open_session(model: ModelSpec, threads: int):
-    """A CPU session whose every run uses `threads` onnxruntime threads (1: the caller's own)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Spinning worker threads would steal the cores the decoders need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise TvcleanError(f"cannot load model {model.path}: {_one_line(exc)}") from None
-
-
-def _io_names(session, model: ModelSpec) -> tuple[str, str]:
-    """The input and features-output names, per the model contract."""
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    input_name = model.input or inputs[0]
-    output_name = model.output or ("features" if "features" in outputs else outputs[0])
-    if input_name not in inputs:
-        raise TvcleanError(f"model {model.path} has no input {input_name!r} (inputs: {inputs})")
-    if output_name not in outputs:
-        raise TvcleanError(f"model {model.path} has no output {output_name!r} (outputs: {outputs})")
-    return input_name, output_name
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+def check_inputs_apart(run: RunDir, dataset: Dataset) -> None:
+    """The run directory and the data never overlap, and no input lies in another run."""
+    listed = [p for s in dataset.splits if s.source in dataset.manifests for p in s.paths]
+    check_no_overlap(run.root, dataset.folders, [*dataset.manifests, *listed])
+    check_not_in_another_run(run.root, [*dataset.folders, *dataset.manifests,
+                                        *{os.path.dirname(p) for p in listed}])
 
 
 def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
-            config: ExtractConfig | None = None, progress: bool | None = None,
-            cluster=None) -> ExtractSummary:
+            config: Config | Mapping[str, Mapping[str, Any]] | None = None,
+            progress: bool | None = None, cluster: Any = None) -> ExtractSummary:
     """Extract features of the train and val images into RUN/features/.
 
     train, val: class-folder roots or .csv manifests (val None: train holds
-    train/ and val/, or is a manifest with a split column). progress: draw a
-    progress bar (None: when stderr is a terminal). cluster: a
-    tvcore.distributed.Cluster or distributed.Client to extract on (None:
-    this process). Re-running resumes an interrupted run and skips a finished one.
+    train/ and val/, or is a manifest with a split column). config: a Config,
+    or {section: {option: value}} overrides of the run's config.toml (see
+    tvcore.config.resolve_config). progress: draw a progress bar (None: when
+    stderr is a terminal). cluster: a tvcore.cluster.Cluster or
+    distributed.Client to extract on (None: this process). Re-running
+    resumes an interrupted run and skips a finished one.
     """
-    config = (config or ExtractConfig()).validate()
-    run = run if isinstance(run, RunDir) else RunDir(run)
+    run = RunDir.of(run)
     dataset = discover(train, val)
-    model = resolve_model(config.model)
-    fingerprint = _fingerprint(dataset, model, config.max_pixels)
+    check_inputs_apart(run, dataset)
+    with run.writing("extract"):
+        settings = run.resolve(config)
+        return _extract(run, dataset, settings, progress, cluster)
+
+
+def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | None,
+             cluster: Any) -> ExtractSummary:
+    options = config.extract
+    model = resolve_model(options.model)
+    fingerprint = _fingerprint(dataset, model, options.max_pixels)
     done = _finished_summary(run, fingerprint)
     if done is not None:
         run.log("extract: features are up to date, nothing to do")
         return done
     run.features.mkdir(parents=True, exist_ok=True)
-    run.save_config(Config(extract=config), ["extract"])
+    run.save_config(config, ["extract"])
     run.log(f"extract: model {model.name} ({model.sha256[:12]}), {len(dataset.train)} train and "
             f"{len(dataset.val)} val images, {len(dataset.classes)} classes")
     started = time.perf_counter()
     if cluster is not None:
-        from ..cluster import extract_on_cluster
-        writers, dim = extract_on_cluster(cluster, run, dataset, model, fingerprint, config,
-                                          progress)
+        from .extract_cluster import ClusterExtraction
+        source = ClusterExtraction(cluster, model, options)
+        writers = _writers(run, dataset, fingerprint, source.dim)
+        _store(writers, source.results(writers), progress)
+        dim = source.dim
     else:
-        with FeatureExtractor(model, config.batch_size, config.threads, config.decode_workers,
-                              config.max_pixels) as extractor:
-            writers = [_SplitWriter(run, split, dataset.classes, fingerprint, extractor.dim)
-                       for split in dataset.splits]
-            _run_splits(writers, extractor, progress)
-        dim = extractor.dim
+        with FeatureExtractor(model, options.batch_size, options.threads,
+                              options.decode_workers, options.max_pixels) as extractor:
+            writers = _writers(run, dataset, fingerprint, extractor.dim)
+            _store(writers, _local_results(extractor, writers), progress)
+            dim = extractor.dim
     seconds = time.perf_counter() - started
     summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=dim,
                              model=model.identity(), seconds=seconds,
-                             splits={w.split.name: w.summary() for w in writers})
-    _write_meta(run, summary, dataset, fingerprint, config.max_pixels)
+                             splits={w.name: _split_summary(w, dataset) for w in writers})
+    _write_meta(run, summary, dataset, fingerprint, options.max_pixels)
     for writer in writers:
-        writer.state_path.unlink(missing_ok=True)
+        writer.discard_progress()
     for s in summary.splits.values():
         run.log(f"extract: {s.name}: {s.ok} images, {s.failed} failed, "
                 f"{sum(s.skipped.values())} files skipped")
     run.log(f"extract: done in {seconds:.1f}s")
+    run.record_stage("extract", seconds, images=summary.images)
     return summary
 
 
-def _run_splits(writers: list["_SplitWriter"], extractor: FeatureExtractor,
-                progress: bool | None) -> None:
-    """Feed the remaining batches of every split through one pipeline, so it never drains
-    between splits; checkpoint as it goes and finish each split when its last batch lands."""
-    jobs = [(writer, first) for writer in writers for first in writer.remaining_batches(extractor.batch_size)]
-    batches = (writer.split.paths[first:first + extractor.batch_size] for writer, first in jobs)
-    total = sum(len(w.split) for w in writers)
+def _writers(run: RunDir, dataset: Dataset, fingerprint: str, dim: int) -> list[SplitWriter]:
+    return [SplitWriter(run, s.name, s.given, s.paths, s.labels.tolist(), dataset.classes,
+                        fingerprint, dim) for s in dataset.splits]
+
+
+def _local_results(extractor: FeatureExtractor, writers: list[SplitWriter]) -> Iterator[Result]:
+    """Every split's remaining batches through one pipeline, so it never drains between splits."""
+    step = extractor.batch_size
+    jobs = [(w, first, stop) for w in writers for first, stop in w.remaining(step)]
+    batches = (w.paths[first:stop] for w, first, stop in jobs)
+    for (writer, first, _), result in zip(jobs, extractor.run_batches(batches)):
+        yield (writer, first), result
+
+
+def _store(writers: list[SplitWriter], results: Iterable[Result], progress: bool | None) -> None:
+    """Write each finished range into its split, checkpointing as it goes; then finish."""
+    total = sum(len(w) for w in writers)
     last_checkpoint = time.perf_counter()
     with Progress(total, "extract", enabled=progress) as bar:
-        bar.update(total - sum(len(w.split) - w.state["rows_done"] for w in writers))
+        bar.update(sum(len(w) if w.complete else w.rows_done for w in writers))
         try:
-            for (writer, first), (features, errors) in zip(jobs, extractor.run_batches(batches)):
+            for (writer, first), (features, errors) in results:
                 writer.write(first, features, errors)
                 bar.update(len(features))
                 if time.perf_counter() - last_checkpoint >= CHECKPOINT_SECONDS:
                     for each in writers:
                         each.checkpoint()
                     last_checkpoint = time.perf_counter()
-                if writer.state["rows_done"] == len(writer.split):
-                    writer.finish()
         except BaseException:  # Ctrl-C or a failure: keep what is done for the resume
             for each in writers:
                 each.checkpoint()
             raise
     for writer in writers:
-        writer.finish()  # splits that had nothing left to do
+        writer.finish()
+
+
+def _split_summary(writer: SplitWriter, dataset: Dataset) -> SplitSummary:
+    split = next(s for s in dataset.splits if s.name == writer.name)
+    errors = writer.error_rows()
+    return SplitSummary(name=writer.name, images=len(writer), failed=len(errors),
+                        skipped=dict(split.skipped),
+                        errors=[(writer.paths[row], errors[row]) for row in sorted(errors)])
 
 
 def _fingerprint(dataset: Dataset, model: ModelSpec, max_pixels: int) -> str:
@@ -314,93 +217,15 @@ def _finished_summary(run: RunDir, fingerprint: str) -> ExtractSummary | None:
     if meta.get("fingerprint") != fingerprint:
         raise TvcleanError(
             f"{run.features} holds features of another data set or model "
-            f"({meta.get('model', {}).get('name', '?')}); use a new run directory or delete it")
+            f"({meta.get('model', {}).get('name', '?')}); use a new run directory")
     splits = {}
     for name, counts in meta["splits"].items():
-        rows = read_csv(run.features / f"{name}_index.csv")
-        errors = [(r["path"], r["error"]) for r in rows if r["status"] != "ok"]
+        index = read_index(run.features / f"{name}_index.csv", meta["classes"])
+        errors = [(p, e) for p, e, ok in zip(index.abs_paths, index.errors, index.ok) if not ok]
         splits[name] = SplitSummary(name, counts["images"], counts["failed"], counts["skipped"],
                                     errors)
     return ExtractSummary(run=run.root, classes=meta["classes"], dim=meta["dim"],
                           model=meta["model"], splits=splits, up_to_date=True)
-
-
-class _SplitWriter:
-    """Writes one split's features/<split>.npy and <split>_index.csv, resumably.
-
-    Rows go into <split>.npy.partial (a memory-mapped .npy); <split>.progress.json
-    records how many rows are done and the errors so far. The record is
-    written only after the rows reach the file, so a kill at any moment loses
-    at most the rows since the last checkpoint.
-    """
-
-    def __init__(self, run: RunDir, split: SplitFiles, classes: list[str], fingerprint: str,
-                 dim: int):
-        self.run, self.split, self.classes = run, split, classes
-        self.final = run.features / f"{split.name}.npy"
-        self.partial = run.features / f"{split.name}.npy.partial"
-        self.state_path = run.features / f"{split.name}.progress.json"
-        self.state = self._load_state(fingerprint, dim)
-        self.matrix: np.memmap | None = None
-
-    def _load_state(self, fingerprint: str, dim: int) -> dict[str, Any]:
-        """The record of an earlier, interrupted run of this same work, or a fresh one."""
-        fresh = {"fingerprint": fingerprint, "rows": len(self.split), "dim": dim,
-                 "rows_done": 0, "errors": {}, "complete": False}
-        try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return fresh
-        same = all(state.get(key) == fresh[key] for key in ("fingerprint", "rows", "dim"))
-        usable = self.partial.exists() or (state.get("complete") and self.final.exists())
-        return state if same and usable else fresh
-
-    def remaining_batches(self, batch_size: int) -> range:
-        """First rows of the batches still to do (opens the .partial matrix for them)."""
-        if self.state["complete"]:
-            return range(0)
-        if self.state["rows_done"] == 0 or not self.partial.exists():
-            self.state.update(rows_done=0, errors={}, shards_done=[])  # tvcore.distributed
-            self.matrix = np.lib.format.open_memmap(
-                self.partial, mode="w+", dtype=np.float32, shape=(len(self.split), self.state["dim"]))
-        else:
-            self.matrix = np.lib.format.open_memmap(self.partial, mode="r+")
-        return range(self.state["rows_done"], len(self.split), batch_size)
-
-    def write(self, first: int, features: np.ndarray, errors: dict[int, str]) -> None:
-        self.matrix[first:first + len(features)] = features
-        self.state["errors"].update({str(first + i): message for i, message in errors.items()})
-        self.state["rows_done"] = first + len(features)
-
-    def checkpoint(self) -> None:
-        if self.matrix is not None and not self.state["complete"]:
-            self.matrix.flush()  # rows reach the file before the record that says they are done
-            atomic_write_json(self.state_path, self.state)
-
-    def finish(self) -> None:
-        """Write the index, mark the split complete, and move the matrix to its final name."""
-        if not self.state["complete"]:
-            self.matrix.flush()
-            self.matrix = None
-            self._write_index()
-            self.state["complete"] = True
-            atomic_write_json(self.state_path, self.state)
-        if self.partial.exists():
-            os.replace(self.partial, self.final)
-
-    def _write_index(self) -> None:
-        errors = self.state["errors"]
-        rows = ((path, label, self.classes[label], "error" if str(i) in errors else "ok",
-                 errors.get(str(i), ""))
-                for i, (path, label) in enumerate(zip(self.split.paths, self.split.labels.tolist())))
-        atomic_write_csv(self.run.features / f"{self.split.name}_index.csv", INDEX_HEADER, rows)
-
-    def summary(self) -> SplitSummary:
-        errors = {int(row): message for row, message in self.state["errors"].items()}
-        return SplitSummary(
-            name=self.split.name, images=len(self.split), failed=len(errors),
-            skipped=dict(self.split.skipped),
-            errors=[(self.split.paths[row], errors[row]) for row in sorted(errors)])
 
 
 def _write_meta(run: RunDir, summary: ExtractSummary, dataset: Dataset, fingerprint: str,

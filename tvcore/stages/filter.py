@@ -11,35 +11,48 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import Config, FilterConfig
-from .estimate import Estimates, load_estimates
-from ..rundir.featureset import FeatureSet, load_features
-from ..rundir import RunDir, atomic_write_csv, read_csv
-from ..rundir.splitdata import check_outside_inputs, relative_name, write_split_dataset
-from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
+from ..config import Config
+from ..engine.decisions import Scored, fit_class_valuenets, score_training_set
+from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
-from ..engine.decisions import decision_scores, fit_class_valuenets, predict_values, suggest_labels
-
-# score: the number the decision compares with the threshold (see values.decision_scores)
-TRAINING_VALUES_HEADER = ("path", "label", "class_name", "predicted_value", "mc_value",
-                          "mc_stderr", "mc_count", "score", "decision", "suggested_label")
+from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
+from ..rundir import FeatureSet, RunDir, load_estimates, load_features
+from ..rundir.ownership import check_no_overlap
+from ..rundir.splitdata import placements, relative_name, write_split_dataset
+from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, \
+    write_training_values
 
 
 @dataclass
 class FilterResult:
-    """Predicted values and decisions of every training image (aligned with train_index.csv)."""
+    """Values and decisions of every training image (aligned with train_index.csv)."""
 
-    values: np.ndarray  # (n,) float64 predicted training-value, NaN for unreadable images
-    scores: np.ndarray  # (n,) float64 decision score (value + z x stderr), NaN likewise
-    decisions: list[str]  # "clean", "dirty" or "error"
-    suggested: list[str]  # suggested class name for dirty images ("" if none)
+    table: TrainingValues
     counts: dict[str, int]
     per_class: dict[str, dict[str, int]]
+    foreign: list[str] = field(default_factory=list)  # files in clean/, dirty/ left in place
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.table.value
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.table.score
+
+    @property
+    def decisions(self) -> list[str]:
+        return self.table.decision
+
+    @property
+    def suggested(self) -> list[str]:
+        return self.table.suggested_label
 
 
 def _fingerprint(est: Estimates, config: Config) -> str:
@@ -68,95 +81,76 @@ def train_valuenets(run: RunDir, features: FeatureSet, est: Estimates, config: C
     return nets
 
 
-def decide(scores: np.ndarray, threshold: float) -> list[str]:
-    return ["error" if np.isnan(v) else ("dirty" if v < threshold else "clean") for v in scores]
-
-
 def _per_class(features: FeatureSet, decisions: list[str]) -> dict[str, dict[str, int]]:
-    table = {name: {"clean": 0, "dirty": 0, "error": 0} for name in features.class_names}
+    table = {name: {d: 0 for d in DECISIONS} for name in features.class_names}
     for label, decision in zip(features.train.labels, decisions):
         table[features.class_names[label]][decision] += 1
     return table
 
 
-def _write_training_values(run: RunDir, features: FeatureSet, est: Estimates,
-                           result: FilterResult) -> None:
-    mc = {int(r): (m, s, c) for r, m, s, c in zip(est.rows, est.mean, est.stderr, est.count)}
-    train, names = features.train, features.class_names
-
-    def rows():
-        for i, (path, label) in enumerate(zip(train.paths, train.labels)):
-            m, s, c = mc.get(i, ("", "", ""))
-            yield (path, int(label), names[label], _number(result.values[i]),
-                   "" if m == "" else repr(float(m)), "" if s == "" else repr(float(s)),
-                   c if c == "" else int(c), _number(result.scores[i]), result.decisions[i],
-                   result.suggested[i])
-
-    atomic_write_csv(run.training_values, TRAINING_VALUES_HEADER, rows())
-
-
-def _number(value: float) -> str:
-    return "" if np.isnan(value) else repr(float(value))
-
-
-def _split_items(features: FeatureSet, result: FilterResult, prefix_values: bool):
-    meta = features.meta
-    roots = [r for r in (meta.get("train_root"),) if r]
-    items = []
-    for i, (path, label) in enumerate(zip(features.train.paths, features.train.labels)):
-        decision = result.decisions[i]
-        if decision == "error":
-            continue
-        class_name = features.class_names[label]
-        name = relative_name(path, class_name, roots)
-        if prefix_values:
-            name = name.with_name(f"{result.scores[i]:+.6e}_{name.name}")
-        items.append((path, decision, class_name, str(name)))
-    return items
-
-
-def filter_run(run: str | Path | RunDir, config: FilterConfig | Config | None = None,
+def filter_run(run: str | Path | RunDir,
+               config: Config | Mapping[str, Mapping[str, Any]] | None = None,
                progress: bool | None = None) -> FilterResult:
-    """Train the value nets, predict every image's value, decide, write the outputs."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    full = config if isinstance(config, Config) else Config(filter=config or FilterConfig())
-    full.filter.validate()
-    full.valuenet.validate()
+    """Train the value nets, predict every image's value, decide, write the outputs.
+
+    config: a Config, or {section: {option: value}} overrides of the run's
+    config.toml (see tvcore.config.resolve_config).
+    """
+    run = RunDir.of(run)
+    run.require_stages("extract", "estimate")
+    with run.writing("filter"):
+        return _filter(run, run.resolve(config), progress)
+
+
+def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     started = time.perf_counter()
     features = load_features(run)
     est = load_estimates(run, features)
-    if full.filter.output != "none":
-        check_outside_inputs(run.root, [features.meta[k] for k in ("train_root", "val_root")
-                                        if features.meta.get(k)])
+    check_no_overlap(run.root, features.input_folders)
     warnings: list[str] = []
     nets = train_valuenets(run, features, est, full, warnings)
     train = features.train
     view = FeatureView(train.features, est.center)
-    values = predict_values(view, train.labels, train.ok_rows, est, nets, features.n_classes)
-    scores = decision_scores(values, train.labels, est, full.filter, features.n_classes)
-    decisions = decide(scores, full.filter.threshold)
-    dirty_rows = np.array([i for i, d in enumerate(decisions) if d == "dirty"], np.int64)
-    suggested = [""] * len(decisions)
-    for row, label in zip(dirty_rows, suggest_labels(view, train.labels, dirty_rows, nets,
-                                                     full.filter.threshold)):
-        suggested[row] = features.class_names[label] if label >= 0 else ""
-    result = FilterResult(values=values, scores=scores, decisions=decisions, suggested=suggested,
-                          counts={d: decisions.count(d) for d in ("clean", "dirty", "error")},
-                          per_class=_per_class(features, decisions), warnings=warnings)
-    _write_training_values(run, features, est, result)
-    write_split_dataset(run.root, _split_items(features, result, full.filter.prefix_values),
-                        full.filter.output, progress)
-    result.seconds = time.perf_counter() - started
+    scored = score_training_set(view, train.labels, train.ok_rows, est, nets, features.n_classes,
+                                full.filter)
+    table = training_values_table(train.labels, features.class_names, scored, est, train.given,
+                                  train.paths)
+    write_training_values(run.training_values, table)
+    split = write_split_dataset(run, _placements(features, scored, full.filter.prefix_values),
+                                full.filter.output, progress)
+    if split.foreign:
+        warnings.append(f"{len(split.foreign)} file(s) in {run.root} that tvclean did not "
+                        f"create were left in place, e.g. {split.foreign[0]}")
+    result = FilterResult(table=table, counts={d: table.decision.count(d) for d in DECISIONS},
+                          per_class=_per_class(features, table.decision), foreign=split.foreign,
+                          warnings=warnings, seconds=time.perf_counter() - started)
     run.save_config(full, ["valuenet", "filter"])
     for warning in warnings:
         run.log(f"filter: warning: {warning}")
     run.log(f"filter: {result.counts['clean']} clean, {result.counts['dirty']} dirty, "
             f"{result.counts['error']} unreadable (threshold {full.filter.threshold}, "
             f"output {full.filter.output}), {result.seconds:.2f}s")
+    run.record_stage("filter", result.seconds, **result.counts)
     return result
 
 
-def load_training_values(run: str | Path | RunDir) -> list[dict[str, str]]:
-    """The rows of RUN/training_values.csv."""
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    return read_csv(run.require("training_values.csv", "filter"))
+def _placements(features: FeatureSet, scored: Scored, prefix_values: bool):
+    roots = [r for r in (features.meta.get("train_root"),) if r]
+    names = []
+    for i, path in enumerate(features.train.paths):
+        name = relative_name(path, features.class_names[features.train.labels[i]], roots)
+        if prefix_values and not np.isnan(scored.scores[i]):
+            head, _, leaf = name.rpartition("/")
+            name = (head + "/" if head else "") + f"{scored.scores[i]:+.6e}_{leaf}"
+        names.append(name)
+    classes = [features.class_names[y] for y in features.train.labels]
+    return placements(features.train.paths, [str(d) for d in scored.decisions], classes, names)
+
+
+def load_training_values(run: str | Path | RunDir) -> Any:
+    """RUN/training_values.csv as a pandas DataFrame (the columns of
+    tvcore.rundir.tables; the same shape as tvcore.find_label_issues' frame, plus paths)."""
+    from ..rundir.tables import read_training_values
+
+    run = RunDir.of(run)
+    return read_training_values(run.require("training_values.csv", "filter")).frame()

@@ -34,22 +34,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from ..atomicfile import atomic_write_json, read_json
+from ..config import Config, FinetuneConfig
+from ..cores import available_cores
+from ..errors import TvcleanError
+from ..io.dataset import Dataset, SplitFiles, discover
+from ..io.images import Preprocess, load_image
+from ..io.inference import FeatureExtractor
+from ..io.modelzoo import KNOWN_MODELS, model_from_file, sha256_file, write_metadata
 from ..nets import export
 from ..nets.augment import load_augmented
-from ..config import Config, FinetuneConfig
-from ..io.dataset import Dataset, SplitFiles, discover
-from ..errors import TvcleanError
-from .extract import FeatureExtractor, available_cores
-from ..io.images import Preprocess, load_image
-from ..io.modelzoo import KNOWN_MODELS, model_from_file, sha256_file, write_metadata
 from ..progress import Progress
-from ..rundir import RunDir, atomic_write_json, read_json
+from ..rundir import RunDir
+from .extract import check_inputs_apart
 
-FINETUNE = "finetune"
 MODEL_FILE = "model.onnx"
 CHECKPOINT_SECONDS = 60.0  # at most this much training is redone after a kill
 PREFETCH_BATCHES = 2  # batches decoding while the current one trains
@@ -148,28 +150,34 @@ def training_preprocess(config: FinetuneConfig) -> Preprocess:
 
 
 def finetune(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
-             config: Config | None = None, progress: bool | None = None) -> FinetuneResult:
+             config: Config | Mapping[str, Mapping[str, Any]] | None = None,
+             progress: bool | None = None) -> FinetuneResult:
     """Fine-tune config.finetune.model on TRAIN's labels, export the best epoch into RUN.
 
     train, val: class-folder roots or CSV manifests (as `extract`). With
     config.finetune.baseline set, that ONNX model is checked and used instead
     (no training). Either way RUN/config.toml's [extract] model becomes the
     resulting ONNX file. Re-running resumes an interrupted run and skips a
-    finished one. Needs the torch extra unless a baseline is given.
+    finished one. Needs the torch extra unless a baseline is given. config: a
+    Config, or {section: {option: value}} overrides of the run's config.toml.
     """
-    config = (config or Config()).validate()
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    if config.finetune.baseline:
-        return use_baseline(config.finetune.baseline, run, config)
+    run = RunDir.of(run)
+    with run.writing("finetune"):
+        config = run.resolve(config)
+        if config.finetune.baseline:
+            return use_baseline(config.finetune.baseline, run, config)
+        export.require_torch()
+        dataset = discover(train, val)
+        check_inputs_apart(run, dataset)
+        return _finetune(dataset, run, config, progress)
+
+
+def _finetune(dataset: Dataset, run: RunDir, config: Config,
+              progress: bool | None) -> FinetuneResult:
     started = time.perf_counter()
-    export.require_torch()
-    dataset = discover(train, val)
-    if len(dataset.classes) < 2:
-        raise TvcleanError(f"fine-tuning needs at least 2 classes; {dataset.train.source} has "
-                           f"only {dataset.classes[0]!r}")
     prep = training_preprocess(config.finetune)
     fingerprint = _fingerprint(dataset, config, prep)
-    folder = run.root / FINETUNE
+    folder = run.finetune
     result = _finished(folder, fingerprint)
     if result is None:
         result = _train_and_export(dataset, run, config, prep, fingerprint, progress)
@@ -177,6 +185,7 @@ def finetune(train: str | Path, val: str | Path | None, run: str | Path | RunDir
         run.log("finetune: the fine-tuned model is up to date, nothing to do")
     result.seconds = time.perf_counter() - started
     _record_model(run, config, result.model_path)
+    run.record_stage("finetune", result.seconds)
     return result
 
 
@@ -187,7 +196,7 @@ def use_baseline(path: str | Path, run: RunDir, config: Config) -> FinetuneResul
         dim = extractor.dim  # opening it checks the model contract
     result = FinetuneResult(run=run.root, model_path=spec.path, sha256=spec.sha256, trained=False,
                             base_model=spec.name, input_size=spec.preprocess.size)
-    atomic_write_json(run.root / FINETUNE / "meta.json",
+    atomic_write_json(run.finetune / "meta.json",
                       {"fingerprint": None, "baseline": str(spec.path), "dim": dim,
                        **result.to_dict()})
     run.log(f"finetune: baseline {spec.path} ({spec.sha256[:12]}, {dim}-d), no training")
@@ -233,7 +242,7 @@ def _train_and_export(dataset: Dataset, run: RunDir, config: Config, prep: Prepr
     backbone = _backbone(settings)
     from ..nets import training as ft
 
-    folder = run.root / FINETUNE
+    folder = run.finetune
     folder.mkdir(parents=True, exist_ok=True)
     run.log(f"finetune: {settings.model} on {len(dataset.train)} train and {len(dataset.val)} val "
             f"images, {len(dataset.classes)} classes, {prep.size}px")

@@ -14,24 +14,23 @@ import base64
 import html
 import io
 import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .. import __version__
+from ..atomicfile import atomic_write_bytes, atomic_write_text, read_json
 from ..config import Config, ReportConfig
+from ..engine.estimates import Estimates
 from ..errors import TvcleanError
-from .evaluate import EVALUATION_FILE
-from .estimate import Estimates, load_estimates
-from ..rundir.featureset import FeatureSet, load_features
-from .filter import load_training_values
-from ..io.images import DEFAULT_MAX_PIXELS, _to_rgb_or_l
+from ..io.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_or_l
 from ..progress import Progress
-from ..rundir import RunDir, atomic_write_bytes, atomic_write_text, read_json
+from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_training_values
+from ..rundir.estimates import estimate_meta
 
 THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
@@ -68,16 +67,23 @@ class Section:
     body: str  # HTML
 
 
-def write_report(run: str | Path | RunDir, config: ReportConfig | Config | None = None,
+def write_report(run: str | Path | RunDir,
+                 config: Config | Mapping[str, Mapping[str, Any]] | None = None,
                  progress: bool | None = None) -> Path:
     """Write RUN/report/index.html (plus its plots as PNG files); return its path.
 
-    config: the report options (embedding_sample, thumbnails); progress: draw a
-    progress bar on stderr (default: when stderr is a terminal).
+    config: a Config, or {section: {option: value}} overrides of the run's
+    config.toml (the [report] table: embedding_sample, thumbnails); progress:
+    draw a progress bar on stderr (default: when stderr is a terminal).
     """
-    run = run if isinstance(run, RunDir) else RunDir(run)
-    config = config.report if isinstance(config, Config) else (config or ReportConfig())
-    config.validate()
+    run = RunDir.of(run)
+    run.require_stages("extract", "estimate", "filter")
+    with run.writing("report"):
+        full = run.resolve(config)
+        return _write_report(run, full.report, progress)
+
+
+def _write_report(run: RunDir, config: ReportConfig, progress: bool | None) -> Path:
     started = time.perf_counter()
     data = load_report_data(run)
     builders = (summary_section, histogram_section, embedding_section, thumbnail_section,
@@ -89,7 +95,9 @@ def write_report(run: str | Path | RunDir, config: ReportConfig | Config | None 
             bar.update()
     path = run.report / "index.html"
     atomic_write_text(path, render_page(f"tvclean report: {run.root}", sections))
-    run.log(f"report: {path}, {time.perf_counter() - started:.2f}s")
+    seconds = time.perf_counter() - started
+    run.log(f"report: {path}, {seconds:.2f}s")
+    run.record_stage("report", seconds)
     return path
 
 
@@ -100,69 +108,19 @@ def load_report_data(run: RunDir) -> ReportData:
     """Read features, estimates and training_values.csv; fail naming the stage to run."""
     features = load_features(run)
     estimates = load_estimates(run, features)
-    rows = load_training_values(run)
-    if len(rows) != len(features.train.paths):
+    table = read_training_values(run.require("training_values.csv", "filter"))
+    if len(table) != len(features.train.paths):
         raise TvcleanError(
-            f"{run.training_values} has {len(rows)} rows but features/train_index.csv has "
+            f"{run.training_values} has {len(table)} rows but features/train_index.csv has "
             f"{len(features.train.paths)}: re-run `tvclean filter` on {run.root}")
-    # The decision compares the score with the threshold; older CSVs have only the value.
-    column = "score" if rows and "score" in rows[0] else "predicted_value"
-    values = np.array([_parse_value(r[column], run.training_values, i + 2, column)
-                       for i, r in enumerate(rows)], np.float64)
-    decisions = np.array([_parse_decision(r["decision"], run.training_values, i + 2)
-                          for i, r in enumerate(rows)])
     return ReportData(
         run=run, features=features, estimates=estimates,
-        estimate_meta=read_json(run.estimates / "meta.json"), values=values,
-        decisions=decisions, labels=features.train.labels, paths=[r["path"] for r in rows],
-        suggested=[r.get("suggested_label", "") for r in rows], threshold=_threshold(run),
-        timings=stage_timings(run.log_path.read_text(encoding="utf-8")
-                              if run.log_path.exists() else ""))
-
-
-def _parse_value(text: str, path: Path, line: int, column: str = "predicted_value") -> float:
-    if text == "":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise TvcleanError(f"{path}, line {line}: {column} {text!r} is not a number; "
-                           f"re-run `tvclean filter`") from None
-
-
-def _parse_decision(text: str, path: Path, line: int) -> str:
-    if text not in DECISIONS:
-        raise TvcleanError(f"{path}, line {line}: decision {text!r} is not one of "
-                           f"{', '.join(DECISIONS)}; re-run `tvclean filter`")
-    return text
-
-
-def _threshold(run: RunDir) -> float:
-    """The threshold the last `tvclean filter` used (its config is saved in config.toml)."""
-    if not run.config_path.exists():
-        return Config().filter.threshold
-    return Config.from_toml(run.config_path).filter.threshold
-
-
-_SECONDS = re.compile(r", (\d+(?:\.\d+)?)s(?: \(.*\))?$")
-_CLEAN_ITEM = re.compile(r"(\w+) (\d+(?:\.\d+)?)s")
-
-
-def stage_timings(log_text: str) -> dict[str, float]:
-    """Seconds of the latest run of each stage, from RUN/log.txt lines."""
-    timings: dict[str, float] = {}
-    for line in log_text.splitlines():
-        stage, _, message = line.split(" ", 2)[-1].partition(": ")
-        found = _SECONDS.search(message)
-        if stage == "clean":
-            timings.update({k: float(v) for k, v in _CLEAN_ITEM.findall(message)})
-        elif stage == "extract" and message.startswith("model "):
-            timings["extract"] = 0.0  # a new extraction: its splits' times follow
-        elif stage == "extract" and found and message.split(":")[0] in ("train", "val"):
-            timings["extract"] = timings.get("extract", 0.0) + float(found.group(1))
-        elif stage in ("estimate", "filter") and found and not message.startswith("warning"):
-            timings[stage] = float(found.group(1))
-    return timings
+        estimate_meta=estimate_meta(run), values=table.score,
+        decisions=np.array(table.decision), labels=features.train.labels,
+        paths=table.abs_path, suggested=table.suggested_label,
+        threshold=run.resolve().filter.threshold,
+        timings={stage: float(record["seconds"])
+                 for stage, record in run.stage_records().items()})
 
 
 # --- summary ------------------------------------------------------------------------------
@@ -225,7 +183,7 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
 
 def _evaluation(run: RunDir) -> str:
     """One line of RUN/evaluation.json's overall metrics, if it is newer than the decisions."""
-    path = run.root / EVALUATION_FILE
+    path = run.evaluation
     if not path.exists() or path.stat().st_mtime < run.training_values.stat().st_mtime:
         return ""
     m = read_json(path)["overall"]
@@ -420,10 +378,21 @@ def rank_convergence(history: np.ndarray, final: np.ndarray) -> np.ndarray:
     history: (checkpoints, n) running means; final: (n,). Returns (checkpoints,),
     NaN where a row (or final) is constant or n < 2.
     """
-    from scipy.stats import rankdata
+    final_rank = average_ranks(final)
+    return np.array([_pearson(average_ranks(row), final_rank) for row in history], np.float64)
 
-    final_rank = rankdata(final)
-    return np.array([_pearson(rankdata(row), final_rank) for row in history], np.float64)
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of values, ties sharing their average rank (as scipy's rankdata)."""
+    values = np.asarray(values)
+    order = np.argsort(values, kind="mergesort")
+    inverse = np.empty(values.size, np.int64)
+    inverse[order] = np.arange(values.size)
+    ordered = values[order]
+    starts = np.r_[True, ordered[1:] != ordered[:-1]] if values.size else np.zeros(0, bool)
+    dense = np.cumsum(starts)[inverse]
+    bounds = np.r_[np.flatnonzero(starts), values.size]
+    return 0.5 * (bounds[dense] + bounds[dense - 1] + 1)
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -484,11 +453,11 @@ def extreme_rows(data: ReportData, label: int, count: int) -> tuple[np.ndarray, 
 def thumbnail_uri(path: str, pixels: int = THUMBNAIL_PIXELS) -> str | None:
     """A data URI of a small thumbnail of the image at `path`; None if it cannot be read."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if image.width * image.height > DEFAULT_MAX_PIXELS:
                 return None
             image.draft("RGB", (pixels, pixels))  # JPEG only: decode at reduced size
-            image = _to_rgb_or_l(ImageOps.exif_transpose(image))
+            image = to_rgb_or_l(ImageOps.exif_transpose(image))
             image.thumbnail((pixels, pixels))
             return _encode_thumbnail(image)
     except Exception:  # a missing or broken image gets a placeholder, not a crash

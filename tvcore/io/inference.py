@@ -1,0 +1,145 @@
+"""Running a feature-extractor model over image files: onnxruntime fed by decoding threads.
+
+Decoding runs in a thread pool a couple of batches ahead of onnxruntime, so
+the CPU decodes the next batch while the model runs on this one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..cores import available_cores
+from ..errors import TvcleanError, one_line
+from .images import load_image
+from .modelzoo import ModelSpec
+
+PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
+MAX_STREAMS = 4  # concurrent inference calls; each holds a batch of activations
+
+
+class FeatureExtractor:
+    """One model in onnxruntime, fed by a pool of image-decoding threads.
+
+    threads: cores for inference (0 = all). They run as up to MAX_STREAMS
+    concurrent inference calls on one session, each with threads / streams
+    onnxruntime threads: on few cores, single-threaded calls side by side use
+    the CPU better than one call split over all cores, and leave no idle gaps
+    for the decoders to wait in. decode_workers: decoding threads (0 = one
+    per core). Use as a context manager.
+    """
+
+    def __init__(self, model: ModelSpec, batch_size: int = 32, threads: int = 0,
+                 decode_workers: int = 0, max_pixels: int = 89_478_485):
+        self.model = model
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        cores = available_cores()
+        threads = threads or cores
+        self.streams = min(threads, MAX_STREAMS)
+        self.session = _open_session(model, max(1, threads // self.streams))
+        self.input_name, self.output_name = _io_names(self.session, model)
+        self.dim = self._probe_dim()
+        self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
+        self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
+
+    def __enter__(self) -> "FeatureExtractor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.decoders.shutdown(wait=True, cancel_futures=True)
+        self.runners.shutdown(wait=True, cancel_futures=True)
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """(n, 3, S, S) float32 preprocessed images -> (n, D) float32 features.
+
+        The batch is split over the inference streams, so a caller with its own
+        loop still uses every inference thread (do not call it from a stream).
+        """
+        if len(images) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chunks = np.array_split(images, min(self.streams, len(images)))
+        return np.concatenate(list(self.runners.map(self.features_in_this_thread, chunks)))
+
+    def features_in_this_thread(self, images: np.ndarray) -> np.ndarray:
+        """Like features(), as one onnxruntime call on the calling thread (one stream)."""
+        out = self.session.run([self.output_name], {self.input_name: images})[0]
+        return out.reshape(len(images), -1).astype(np.float32, copy=False)
+
+    def run_batches(self, batches: Iterable[Sequence[str]]
+                    ) -> Iterator[tuple[np.ndarray, dict[int, str]]]:
+        """For each batch of image paths, in order: (b, D) features and {index: error}.
+
+        Rows of images that failed to decode are zero. Keeps every inference
+        stream busy plus PREFETCH_BATCHES batches decoding ahead.
+        """
+        batches = iter(batches)
+        ahead = self.streams + PREFETCH_BATCHES
+        pending = deque(self._submit(paths) for paths in islice(batches, ahead))
+        while pending:
+            result = pending.popleft()
+            following = next(batches, None)
+            if following is not None:
+                pending.append(self._submit(following))
+            yield result.result()
+
+    def _submit(self, paths: Sequence[str]):
+        prep, limit = self.model.preprocess, self.max_pixels
+        decoding = [self.decoders.submit(load_image, path, prep, limit) for path in paths]
+        return self.runners.submit(self._run_batch, decoding)
+
+    def _run_batch(self, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
+        decoded = [future.result() for future in decoding]
+        errors = {i: r for i, r in enumerate(decoded) if isinstance(r, str)}
+        good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
+        features = np.zeros((len(decoded), self.dim), dtype=np.float32)
+        if good:
+            features[good] = self.features_in_this_thread(np.stack([decoded[i] for i in good]))
+        return features, errors
+
+    def _probe_dim(self) -> int:
+        size = self.model.preprocess.size
+        try:
+            out = self.session.run([self.output_name], {
+                self.input_name: np.zeros((1, 3, size, size), dtype=np.float32)})[0]
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise TvcleanError(f"model {self.model.path} does not accept (1, 3, {size}, {size}) "
+                               f"float32 input: {one_line(exc)}") from None
+        if out.ndim < 2 or out.shape[0] != 1 or int(np.prod(out.shape[2:])) != 1:
+            raise TvcleanError(f"model {self.model.path}: output {self.output_name!r} has shape "
+                               f"{list(out.shape)} for one image; expected (N, D) features")
+        return int(out.shape[1])
+
+
+def _open_session(model: ModelSpec, threads: int):
+    """A CPU session whose every run uses `threads` onnxruntime threads (1: the caller's own)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Spinning worker threads would steal the cores the decoders need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise TvcleanError(f"cannot load model {model.path}: {one_line(exc)}") from None
+
+
+def _io_names(session, model: ModelSpec) -> tuple[str, str]:
+    """The input and features-output names, per the model contract."""
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    input_name = model.input or inputs[0]
+    output_name = model.output or ("features" if "features" in outputs else outputs[0])
+    if input_name not in inputs:
+        raise TvcleanError(f"model {model.path} has no input {input_name!r} (inputs: {inputs})")
+    if output_name not in outputs:
+        raise TvcleanError(f"model {model.path} has no output {output_name!r} (outputs: {outputs})")
+    return input_name, output_name

@@ -1,0 +1,136 @@
+"""Training-ValueNet on arrays (no files): `find_label_issues` and `training_values`.
+
+    issues = tvcore.find_label_issues(features, labels, val_features, val_labels)
+    issues.frame            # one row per training example, as training_values.csv
+    issues.ranked           # row numbers, most likely mislabeled first
+    issues.is_label_issue   # (n,) bool
+
+Inputs are validated as scikit-learn does (see tvcore.engine.problem); the
+run-directory stages go through the same set-up and the same decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .config import Config, resolve_config
+from .engine import montecarlo
+from .engine.decisions import NO_SUGGESTION, Scored, fit_class_valuenets, score_training_set
+from .engine.estimates import Estimates
+from .engine.featurenorm import FeatureView
+from .engine.problem import ValuationInputs, from_arrays, monte_carlo_problem
+from .engine.valuenet import ValueNet
+
+
+@dataclass
+class ValueResult:
+    """Predicted values and decisions of every training row, with the MC estimates."""
+
+    values: np.ndarray  # (n,) float64 training-value the decision used, NaN for unusable rows
+    scores: np.ndarray  # (n,) float64 decision scores (value + confidence_z x stderr)
+    dirty: np.ndarray  # (n,) bool: score below the threshold
+    mc: Estimates
+    nets: dict[int, ValueNet]
+    scored: Scored
+    inputs: ValuationInputs
+    warnings: list[str] = field(default_factory=list)
+
+
+def training_values(train_features: Any, train_labels: Any, val_features: Any, val_labels: Any,
+                    config: Config | Mapping[str, Mapping[str, Any]] | None = None,
+                    classes: Sequence[Any] | None = None) -> ValueResult:
+    """The whole Training-ValueNet algorithm on arrays.
+
+    train_features (n, D), train_labels (n,) weak labels, val_features (m, D),
+    val_labels (m,) correct labels; config: a Config, or {section: {option:
+    value}} overrides of the defaults.
+    """
+    config = _config(config)
+    inputs = from_arrays(train_features, train_labels, val_features, val_labels, classes)
+    subset, problem, center = monte_carlo_problem(inputs, config.estimate)
+    acc = montecarlo.estimate_values(problem)
+    train = inputs.train
+    est = Estimates(rows=subset.train_rows, labels=train.labels[subset.train_rows],
+                    mean=acc.mean, stderr=acc.stderr, count=acc.count, val_rows=subset.val_rows,
+                    episodes=acc.episodes, center=center, warnings=list(subset.warnings))
+    warnings = list(subset.warnings)
+    view = FeatureView(train.features, center)
+    nets = fit_class_valuenets(view, est, inputs.class_names, config, warnings)
+    scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
+                                config.filter)
+    return ValueResult(values=scored.values, scores=scored.scores, dirty=scored.dirty, mc=est,
+                       nets=nets, scored=scored, inputs=inputs, warnings=warnings)
+
+
+def _config(config: Config | Mapping[str, Mapping[str, Any]] | None) -> Config:
+    if isinstance(config, Config):
+        return resolve_config(None, config)
+    return resolve_config(None, None, {k: dict(v) for k, v in (config or {}).items()}, "config")
+
+
+@dataclass
+class LabelIssues:
+    """The result of `find_label_issues`.
+
+    frame: a pandas DataFrame, one row per training example (index = row
+    number) with the columns of training_values.csv but the paths:
+    given_label, given_label_index, decision, is_label_issue, score, value,
+    stderr, mc_value, mc_stderr, mc_count, suggested_label, rank.
+    ranked: row numbers sorted from most to least likely mislabeled.
+    """
+
+    frame: Any
+    ranked: np.ndarray
+    result: ValueResult
+
+    @property
+    def is_label_issue(self) -> np.ndarray:
+        return self.frame["is_label_issue"].to_numpy()
+
+    @property
+    def issues(self) -> np.ndarray:
+        """Row numbers of the label issues, most likely first (cleanlab's ranked indices)."""
+        mask = self.is_label_issue
+        return self.ranked[mask[self.ranked]]
+
+
+def find_label_issues(features: Any, labels: Any, val_features: Any, val_labels: Any, *,
+                      config: Config | Mapping[str, Mapping[str, Any]] | None = None,
+                      classes: Sequence[Any] | None = None, episodes: int | None = None,
+                      seed: int | None = None, threshold: float | None = None) -> LabelIssues:
+    """Find the training examples whose labels do harm, from features and a clean validation set.
+
+    features (n, D), val_features (m, D): arrays, lists or DataFrames;
+    labels (n,), val_labels (m,): class labels of any hashable type.
+    config: a Config, or {section: {option: value}} overrides; episodes, seed
+    and threshold are shortcuts for estimate.episodes, estimate.seed (and
+    valuenet.seed) and filter.threshold.
+    """
+    config = _config(config)
+    if episodes is not None:
+        config.estimate.episodes = episodes
+    if seed is not None:
+        config.estimate.seed = config.valuenet.seed = seed
+    if threshold is not None:
+        config.filter.threshold = threshold
+    result = training_values(features, labels, val_features, val_labels, config.validate(),
+                             classes)
+    frame = result_table(result).frame(with_paths=False)
+    return LabelIssues(frame=frame, ranked=np.argsort(frame["rank"].to_numpy(), kind="stable"),
+                       result=result)
+
+
+def result_table(result: ValueResult, paths: Sequence[str] | None = None,
+                 abs_paths: Sequence[str] | None = None):
+    """The training_values table (tvcore.rundir.tables.TrainingValues) of a result."""
+    from .rundir.tables import training_values_table
+
+    return training_values_table(result.inputs.train.labels, result.inputs.class_names,
+                                 result.scored, result.mc, paths, abs_paths)
+
+
+__all__ = ["LabelIssues", "ValueResult", "find_label_issues", "training_values",
+           "NO_SUGGESTION"]
