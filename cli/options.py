@@ -40,6 +40,7 @@ def stage_options(section: str, names: Sequence[str] | None = None,
             flag = "--" + flags.get(name, name.replace("_", "-"))
             param = f"{section}__{name}"
             shown = str(default).lower() if isinstance(default, bool) else default
+            shown = "none" if shown == "" else shown
             help_text = f"{fields[name].metadata['help']} [default: {shown}]"
             if kind is bool:
                 fn = click.option(f"{flag}/--no-{flag[2:]}", param, default=None,

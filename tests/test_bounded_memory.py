@@ -6,10 +6,13 @@ import numpy as np
 
 import tvcore.engine.decisions as values_module
 from runfixtures import clustered_features
-from tvcore.config import ValueNetConfig
+from tvcore.config import FilterConfig, ValueNetConfig
 from tvcore.engine.valuenet import fit_valuenet
 from tvcore.engine.decisions import predict_values, suggest_labels
 from tvcore.engine.estimates import Estimates
+
+
+LOW = FilterConfig(threshold=-0.5)
 
 
 def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, monkeypatch):
@@ -35,12 +38,12 @@ def test_predictions_and_suggestions_do_not_depend_on_the_chunk_size(tmp_path, m
     whole = predict_values(mapped, labels, rows, mc, nets, 3)
     assert np.array_equal(whole, naive, equal_nan=True)  # default chunks: bitwise as before
     own = whole[rows]
-    suggested = suggest_labels(mapped, labels, rows, own, mc, nets, 3, threshold=-0.5)
+    suggested = suggest_labels(mapped, labels, rows, own, mc, nets, 3, LOW)
     monkeypatch.setattr(values_module, "ROWS_PER_READ", 7)
     # float32 matrix products round differently for other row counts
     np.testing.assert_allclose(predict_values(mapped, labels, rows, mc, nets, 3), whole,
                                rtol=1e-5, atol=1e-7)
-    assert np.array_equal(suggest_labels(mapped, labels, rows, own, mc, nets, 3, threshold=-0.5),
+    assert np.array_equal(suggest_labels(mapped, labels, rows, own, mc, nets, 3, LOW),
                           suggested)
     assert np.isnan(whole[[3, 77]]).all() and np.isfinite(np.delete(whole, [3, 77])).all()
     assert {-1, 0, 1, 2} >= set(suggested.tolist()) and (suggested >= 0).any()

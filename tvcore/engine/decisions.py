@@ -96,24 +96,33 @@ def _predict_rows(net: ValueNet, features: Any, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def suggest_labels(features: Any, labels: np.ndarray, rows: np.ndarray, own_values: np.ndarray,
+def suggest_labels(features: Any, labels: np.ndarray, rows: np.ndarray, own_scores: np.ndarray,
                    est: Estimates, nets: dict[int, ValueNet], n_classes: int,
-                   threshold: float) -> np.ndarray:
-    """For each row, the other class whose net values the image most, where that value
-    clears the threshold and beats the value under the given label (else NO_SUGGESTION).
+                   config: FilterConfig) -> np.ndarray:
+    """For each row, the other class whose net values the image most, where that is
+    confident: the value under it, less confidence_z x that class's typical standard error,
+    clears the threshold and the image's own score (else NO_SUGGESTION).
 
-    own_values: (len(rows),) the value the decision used for each row.
+    own_scores: (len(rows),) the score the decision used for each row.
     """
     suggestion = np.full(rows.size, NO_SUGGESTION, np.int64)
     if rows.size == 0:
         return suggestion
     values = class_values(features, rows, est, nets, n_classes)
+    values -= config.confidence_z * class_stderr(est, n_classes)[None, :]
     values[np.arange(rows.size), labels[rows]] = -np.inf
     best = values.argmax(axis=1)
     best_value = values[np.arange(rows.size), best]
-    confident = (best_value >= threshold) & (best_value > own_values)
+    confident = (best_value >= config.threshold) & (best_value > own_scores)
     suggestion[confident] = best[confident]
     return suggestion
+
+
+def class_stderr(est: Estimates, n_classes: int) -> np.ndarray:
+    """(K,) median standard error of each class's Monte-Carlo estimates (0 without any)."""
+    stderr = np.nan_to_num(est.stderr, nan=0.0)
+    return np.array([np.median(stderr[est.labels == k]) if np.any(est.labels == k) else 0.0
+                     for k in range(n_classes)])
 
 
 def decision_scores(predicted: np.ndarray, labels: np.ndarray, est: Estimates,
@@ -126,10 +135,8 @@ def decision_scores(predicted: np.ndarray, labels: np.ndarray, est: Estimates,
     regressor's value and the median standard error of their class's estimates.
     """
     stderr_mc = np.nan_to_num(est.stderr, nan=0.0)
-    class_stderr = np.array([np.median(stderr_mc[est.labels == k]) if np.any(est.labels == k)
-                             else 0.0 for k in range(n_classes)])
     values = predicted.copy()
-    stderr = class_stderr[labels]
+    stderr = class_stderr(est, n_classes)[labels]
     if config.decide_by == "mc":
         values[est.rows] = est.mean
         stderr[est.rows] = stderr_mc
@@ -154,7 +161,7 @@ def score_training_set(features: Any, labels: np.ndarray, ok_rows: np.ndarray, e
     values, stderr, scores = decision_scores(predicted, labels, est, config, n_classes)
     decisions = decide(scores, config.threshold)
     suggested = np.full(labels.size, NO_SUGGESTION, np.int64)
-    suggested[ok_rows] = suggest_labels(features, labels, ok_rows, values[ok_rows], est, nets,
-                                        n_classes, config.threshold)
+    suggested[ok_rows] = suggest_labels(features, labels, ok_rows, scores[ok_rows], est, nets,
+                                        n_classes, config)
     return Scored(values=values, stderr=stderr, scores=scores, decisions=decisions,
                   suggested=suggested)

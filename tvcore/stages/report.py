@@ -80,7 +80,9 @@ def write_report(run: str | Path | RunDir,
     run.require_stages("extract", "estimate", "filter")
     with run.writing("report"):
         full = run.resolve(config)
-        return _write_report(run, full.report, progress)
+        path = _write_report(run, full.report, progress)
+        run.save_config(full, ["report"])
+        return path
 
 
 def _write_report(run: RunDir, config: ReportConfig, progress: bool | None) -> Path:

@@ -1,0 +1,125 @@
+"""The layers import one way only: cli -> stages -> rundir -> engine / io -> base, no circles.
+
+Read from the source with `ast`, so an import added in the wrong direction fails here.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"tvcore": ROOT / "tvcore", "tvclean": ROOT / "cli"}
+
+# layer -> the layers it may import (besides itself)
+ALLOWED = {
+    "base": set(),
+    "engine": {"base"},
+    "io": {"base"},
+    "nets": {"base", "io"},
+    "cluster": {"base"},
+    "rundir": {"base", "engine", "io"},
+    "api": {"base", "engine", "rundir"},
+    "stages": {"base", "engine", "io", "nets", "cluster", "rundir"},
+    "cli": {"base", "engine", "io", "nets", "cluster", "rundir", "api", "stages"},
+}
+KERNELS = {"tvcore.engine.mc_kernels", "tvcore.engine.vmath"}
+KERNEL_IMPORTS = {"numpy", "numba", "llvmlite", "math", "__future__"}  # llvmlite: numba's IR
+
+
+def layer(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "tvclean":
+        return "cli"
+    if len(parts) > 1 and parts[1] in ("engine", "io", "nets", "rundir", "stages"):
+        return parts[1]
+    return {"tvcore.cluster": "cluster", "tvcore.labelissues": "api"}.get(module, "base")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join(parts)] = path
+    return found
+
+
+def imports(module: str, path: Path) -> set[str]:
+    """Absolute names of everything the module imports (module-level or inside functions)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)
+    return names
+
+
+def project_imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    found = set()
+    for name in imports(module, path):
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != module and not module.startswith(name + "."):
+            found.add(name)
+    return found
+
+
+ALL = modules()
+
+
+@pytest.mark.parametrize("module", sorted(ALL))
+def test_imports_only_go_down(module):
+    mine = layer(module)
+    for target in project_imports(module, ALL[module], ALL):
+        theirs = layer(target)
+        if target == "tvcore":  # the package itself: __version__ only
+            continue
+        assert theirs == mine or theirs in ALLOWED[mine], \
+            f"{module} ({mine}) imports {target} ({theirs})"
+
+
+@pytest.mark.parametrize("module", sorted(KERNELS))
+def test_kernels_import_nothing_but_numpy_and_numba(module):
+    for name in imports(module, ALL[module]):
+        assert name.split(".")[0] in KERNEL_IMPORTS or name.startswith("tvcore.engine.vmath"), \
+            f"{module} imports {name}"
+
+
+def test_no_import_circles():
+    graph = {m: project_imports(m, p, ALL) - {"tvcore"} for m, p in ALL.items()}
+    visiting, done = set(), set()
+
+    def visit(node, trail):
+        if node in visiting:
+            raise AssertionError("import circle: " + " -> ".join(trail[trail.index(node):] + [node]))
+        if node in done:
+            return
+        visiting.add(node)
+        for target in graph[node]:
+            visit(target, trail + [node])
+        visiting.discard(node)
+        done.add(node)
+
+    for node in graph:
+        visit(node, [])
+
+
+def test_the_layering_check_would_catch_an_upward_import(tmp_path):
+    bad = tmp_path / "decisions.py"
+    bad.write_text("from ..stages.filter import filter_run\n")
+    found = project_imports("tvcore.engine.decisions", bad, ALL)
+    assert "tvcore.stages.filter" in found
+    assert layer("tvcore.stages.filter") not in ALLOWED[layer("tvcore.engine.decisions")]
