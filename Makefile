@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test install install-test bench clean-venv
+.PHONY: demo test lint install install-test bench clean-venv
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/tvclean demo -o tvclean-demo
 
-test: install-test
+test: install-test lint
 	$(PY) -m pytest -q
+
+lint: install-test
+	$(VENV)/bin/ruff check tvcore cli tests benchmarks models
+	$(VENV)/bin/mypy
 
 bench: install-test
 	$(PIP) install -q -e '.[bench]'

@@ -30,12 +30,12 @@ import numpy as np
 from PIL import Image
 
 from tvcore.config import ExtractConfig
-from tvcore.io.dataset import discover
 from tvcore.cores import available_cores
-from tvcore.io.inference import FeatureExtractor
-from tvcore.stages.extract import extract
+from tvcore.io.dataset import discover
 from tvcore.io.images import load_image
+from tvcore.io.inference import FeatureExtractor
 from tvcore.io.modelzoo import resolve_model
+from tvcore.stages.extract import extract
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 FASHION_LABELS = Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz")
@@ -123,7 +123,7 @@ def bare_plain(tensors: list[np.ndarray], batch_size: int, threads: int) -> Rate
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
         session.run(["features"], {"images": batches[0]})  # warm-up
-        rates.append(timed(lambda: [session.run(["features"], {"images": b}) for b in batches],
+        rates.append(timed(lambda s=session: [s.run(["features"], {"images": b}) for b in batches],
                            len(tensors)))
     return max(rates, key=lambda r: r.per_second)
 

@@ -44,18 +44,26 @@ import numpy as np
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from tvcore.stages import demo
-from tvcore.nets.augment import load_augmented
 from tvcore.config import Config, FinetuneConfig
-from tvcore.nets.export import build_backbone, export_onnx
 from tvcore.cores import available_cores
-from tvcore.stages.finetune import FinetuneResult, finetune, training_preprocess
 from tvcore.io.modelzoo import KNOWN_MODELS, model_from_file, write_metadata
 from tvcore.labelissues import training_values
+from tvcore.nets.augment import load_augmented
+from tvcore.nets.export import build_backbone, export_onnx
+from tvcore.stages import demo
+from tvcore.stages.finetune import FinetuneResult, finetune, training_preprocess
 
 from .bench_quality import _row, format_table
-from .datasets import FeatureData, cache_dir, fashion_images, image_features, load_features
-from .datasets import downstream_accuracy, noisy_labels, preprocess_grey
+from .datasets import (
+    FeatureData,
+    cache_dir,
+    downstream_accuracy,
+    fashion_images,
+    image_features,
+    load_features,
+    noisy_labels,
+    preprocess_grey,
+)
 
 MODEL = "efficientnet-lite0"
 

@@ -20,10 +20,9 @@ import time
 
 import numpy as np
 
-from tvcore.engine import montecarlo
 from tvcore.config import EstimateConfig
+from tvcore.engine import montecarlo
 from tvcore.engine.featurenorm import normalize as normalize_features
-
 
 # The reference configuration: the original's lr on raw features, every
 # subset example in every episode.

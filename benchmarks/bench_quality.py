@@ -24,18 +24,25 @@ import functools
 import json
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tvcore.config import Config
 from tvcore.errors import TvcleanError
-from tvcore.stages.evaluate import detection_metrics
 from tvcore.labelissues import training_values
+from tvcore.stages.evaluate import detection_metrics
 
-from .datasets import DATASETS, NOISES, FeatureData, class_pairs, load_features, noisy_labels
-from .datasets import downstream_accuracy
+from .datasets import (
+    DATASETS,
+    NOISES,
+    FeatureData,
+    class_pairs,
+    downstream_accuracy,
+    load_features,
+    noisy_labels,
+)
 from .peers import cleanlab_issues, knn_shapley
 
 # (train_X (n, D), noisy_y (n,), val_X (m, D), val_y (m,), seed) -> (dirty (n,) bool, values (n,))
@@ -119,7 +126,7 @@ LABELS = {"tvclean": "tvclean default", "original": "original", "knn-shapley": "
           "original-scaled": "original, scaled targets"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_features(dataset: str) -> FeatureData:
     return load_features(dataset)
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tvcore.rundir.tables import INDEX_COLUMNS as INDEX_HEADER
 from tvcore.atomicfile import atomic_write_csv, atomic_write_json
 from tvcore.rundir import RunDir
+from tvcore.rundir.tables import INDEX_COLUMNS as INDEX_HEADER
 
 DIM, CLASSES, VAL_PER_CLASS_ROWS = 1280, 50, 100
 CHUNK_ROWS = 8192
@@ -72,8 +72,8 @@ def make_run(root: Path, rows: int) -> RunDir:
 
 def child(args) -> None:
     """In the measured process: estimate + filter, then times as JSON on stdout."""
-    from tvcore.config import Config, EstimateConfig, FilterConfig
     from tvcore.cluster import open_cluster
+    from tvcore.config import Config, EstimateConfig, FilterConfig
     from tvcore.stages.estimate import estimate
     from tvcore.stages.filter import filter_run
 

@@ -33,16 +33,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tvcore.atomicfile import atomic_save_npz, atomic_write_json, read_json
+from tvcore.errors import TvcleanError
 from tvcore.io import images as tv_images
+from tvcore.io.inference import FeatureExtractor
+from tvcore.io.modelzoo import ModelSpec, resolve_model
+from tvcore.progress import Progress
 from tvcore.stages.demo import CLASS_NAMES as FASHION_CLASSES
 from tvcore.stages.demo import flip_labels
 
 from .fashion_mnist import first_per_class, load_fashion_mnist
-from tvcore.errors import TvcleanError
-from tvcore.io.inference import FeatureExtractor
-from tvcore.io.modelzoo import ModelSpec, resolve_model
-from tvcore.progress import Progress
-from tvcore.atomicfile import atomic_save_npz, atomic_write_json, read_json
 
 SPLIT_VERSION = 1  # bump when a split definition changes: old caches are then ignored
 DIGITS_TRAIN, DIGITS_VAL = 100, 30

@@ -11,6 +11,7 @@ from tvcore.stages.estimate import estimate
 from .common import echo_json, info, user_errors
 from .options import build_config, cluster_options, config_file_option, stage_options
 
+
 @click.command("estimate")
 @click.argument("run", type=click.Path(file_okay=False))
 @stage_options("estimate")

@@ -9,6 +9,7 @@ from tvcore.stages.report import write_report
 from .common import user_errors
 from .options import build_config, stage_options
 
+
 @click.command("report")
 @click.argument("run", type=click.Path(file_okay=False))
 @stage_options("report", ["embedding_sample", "thumbnails"])

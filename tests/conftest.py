@@ -10,10 +10,10 @@ os.environ.setdefault("TVCLEAN_OFFLINE", "1")
 
 # --- a loopback HTTP server for download tests (fetch, weights) ---------------------------
 
-import http.server  # noqa: E402
-import threading  # noqa: E402
+import http.server
+import threading
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +14,13 @@ from sklearn.datasets import load_digits, load_sample_image
 PHOTOS = ("flower.jpg", "china.jpg")
 
 
-@lru_cache(maxsize=None)
+@cache
 def photo(name: str) -> np.ndarray:
     """A scikit-learn sample photo, (427, 640, 3) uint8."""
     return load_sample_image(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as (n, 32, 32) uint8 images and (n,) labels."""
     data = load_digits()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from runfixtures import clustered_features, make_feature_run
 
 import tvcore
-from runfixtures import clustered_features, make_feature_run
 from tvcore.errors import TvcleanError
 
 FAST = {"estimate": {"episodes": 8, "lr": 1.0}, "valuenet": {"max_epochs": 20, "min_examples": 5}}

@@ -12,16 +12,20 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
-from benchmarks.datasets import (FeatureData, image_features, most_confusable,  # noqa: E402
-                                 noisy_labels, pair_noise)
-from benchmarks.peers import knn_shapley, knn_shapley_values  # noqa: E402
-from tvcore.config import Config, ExtractConfig  # noqa: E402
-from tvcore.stages.demo import load_archive  # noqa: E402
-from tvcore.errors import TvcleanError  # noqa: E402
-from tvcore.stages.extract import extract  # noqa: E402
-from tvcore.rundir import load_features  # noqa: E402
-from tvcore.io.modelzoo import resolve_model  # noqa: E402
-
+from benchmarks.datasets import (
+    FeatureData,
+    image_features,
+    most_confusable,
+    noisy_labels,
+    pair_noise,
+)
+from benchmarks.peers import knn_shapley, knn_shapley_values
+from tvcore.config import Config, ExtractConfig
+from tvcore.errors import TvcleanError
+from tvcore.io.modelzoo import resolve_model
+from tvcore.rundir import load_features
+from tvcore.stages.demo import load_archive
+from tvcore.stages.extract import extract
 
 # --- KNN-Shapley ---------------------------------------------------------------------------
 

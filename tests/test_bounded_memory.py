@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from runfixtures import clustered_features
 
 import tvcore.engine.decisions as values_module
-from runfixtures import clustered_features
 from tvcore.config import FilterConfig, ValueNetConfig
-from tvcore.engine.valuenet import fit_valuenet
 from tvcore.engine.decisions import predict_values, suggest_labels
 from tvcore.engine.estimates import Estimates
-
+from tvcore.engine.valuenet import fit_valuenet
 
 LOW = FilterConfig(threshold=-0.5)
 

@@ -43,8 +43,8 @@ def test_bad_values_name_the_option(section, options, message):
 
 
 def test_cli_preset_is_recorded_in_the_run(tmp_path):
-    from runfixtures import clustered_features, make_feature_run
     import numpy as np
+    from runfixtures import clustered_features, make_feature_run
 
     rng = np.random.default_rng(0)
     train, labels, _ = clustered_features(rng, 12, 2, 6)

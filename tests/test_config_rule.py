@@ -7,16 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 from click.testing import CliRunner
-
-import tvcore
 from imagefiles import write_digit_tree
 from runfixtures import clustered_features, make_feature_run
+
+import tvcore
 from tvclean.main import cli
 from tvcore.config import SECTIONS, Config, options_table
 

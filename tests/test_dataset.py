@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
-
 from imagefiles import write_digit_tree, write_photo
-from tvcore.io.dataset import discover
+
 from tvcore.errors import TvcleanError
+from tvcore.io.dataset import discover
 
 
 @pytest.fixture

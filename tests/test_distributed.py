@@ -13,22 +13,21 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from imagefiles import write_bad_files, write_digit_tree
+from runfixtures import clustered_features, make_feature_run
 
 import tvcore.cluster as dist
 import tvcore.stages.estimate_cluster as estimate_cluster
 import tvcore.stages.extract_cluster as extract_cluster
-from tvcore.rundir.features import SplitWriter, gaps
-from imagefiles import write_bad_files, write_digit_tree
-from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
-from tvcore.engine import montecarlo
 from tvcore.config import Config, EstimateConfig, ExtractConfig
+from tvcore.cores import available_cores
+from tvcore.engine import montecarlo
 from tvcore.errors import TvcleanError
-from tvcore.rundir import load_estimates
+from tvcore.rundir import load_estimates, load_features
+from tvcore.rundir.features import SplitWriter, gaps
 from tvcore.stages.estimate import estimate
 from tvcore.stages.extract import extract
-from tvcore.rundir import load_features
-from tvcore.cores import available_cores
 
 pytestmark = pytest.mark.dask
 
@@ -320,7 +319,7 @@ def test_cli_scheduler_and_workers_together_are_refused(tmp_path):
 def test_without_dask_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
     with pytest.raises(TvcleanError, match=r"need Dask.*pip install 'tvclean\[dask\]'"):
-        dist.Cluster(workers=2).client
+        dist.Cluster(workers=2).client  # noqa: B018 (the property connects)
 
 
 def test_each_local_worker_process_uses_its_share_of_the_cores(cluster):

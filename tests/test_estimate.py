@@ -13,16 +13,15 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from runfixtures import clustered_features, make_feature_run
+
 from tvclean.main import cli
+from tvcore.atomicfile import read_csv
 from tvcore.config import Config, EstimateConfig
 from tvcore.errors import TvcleanError
-from tvcore.rundir import load_estimates
-from tvcore.stages.estimate import estimate
-from tvcore.atomicfile import read_csv
-from tvcore.rundir import RunDir
+from tvcore.rundir import RunDir, load_estimates
 from tvcore.rundir.ownership import claim
+from tvcore.stages.estimate import estimate
 
 
 @pytest.fixture

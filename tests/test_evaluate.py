@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tvclean.main import cli
 from tvcore.errors import TvcleanError
 from tvcore.rundir.ownership import claim
 from tvcore.rundir.tables import TRAINING_VALUES_COLUMNS
 from tvcore.stages.evaluate import detection_metrics, evaluate, format_evaluation
-from tvclean.main import cli
 
 HEADER = list(TRAINING_VALUES_COLUMNS)
 

@@ -14,13 +14,14 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
 from imagefiles import write_digit_tree  # noqa: E402
+
 from tvclean.main import cli  # noqa: E402
-from tvcore.nets import export  # noqa: E402
 from tvcore.config import Config, ExtractConfig  # noqa: E402
-from tvcore.rundir import load_features  # noqa: E402
-from tvcore.stages.extract import extract  # noqa: E402
 from tvcore.errors import TvcleanError  # noqa: E402
 from tvcore.io.modelzoo import embedded_dir, resolve_model  # noqa: E402
+from tvcore.nets import export  # noqa: E402
+from tvcore.rundir import load_features  # noqa: E402
+from tvcore.stages.extract import extract  # noqa: E402
 
 TORCHVISION_RESNET50_PARAMETERS = 25_557_032
 

@@ -9,23 +9,23 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tomllib
 from click.testing import CliRunner
+from imagefiles import write_bad_files, write_digit_tree, write_photo
 
 import tvcore.io.inference as inference_module
-from imagefiles import write_bad_files, write_digit_tree, write_photo
 from tvclean.main import cli
 from tvcore.config import Config, ExtractConfig
 from tvcore.errors import TvcleanError
-from tvcore.rundir import load_features
-from tvcore.stages.extract import extract
 from tvcore.io.images import load_image
 from tvcore.io.modelzoo import embedded_dir, resolve_model
+from tvcore.rundir import load_features
+from tvcore.stages.extract import extract
 
 EMBEDDED = embedded_dir() / "efficientnet-lite0.onnx"
 DAISY, PALACE = 985, 698

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from runfixtures import clustered_features, make_feature_run
+
 from tvclean.main import cli
 from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
-from tvcore.stages.estimate import estimate
-from tvcore.stages.filter import filter_run, load_training_values
 from tvcore.rundir.ownership import check_no_overlap
 from tvcore.rundir.splitdata import relative_name
+from tvcore.stages.estimate import estimate
+from tvcore.stages.filter import filter_run, load_training_values
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -7,24 +7,29 @@ import importlib.util
 import json
 import shutil
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 from click.testing import CliRunner
+from imagefiles import write_bad_files, write_digit_tree, write_photo
 from scipy.special import log_softmax
 
-from imagefiles import write_bad_files, write_digit_tree, write_photo
 from tvclean.clean_cmd import run_config
 from tvclean.main import cli
-from tvcore.stages import finetune as finetune_module
-from tvcore.nets.augment import load_augmented, random_box
 from tvcore.config import Config, FinetuneConfig
-from tvcore.io.dataset import discover
 from tvcore.errors import TvcleanError
-from tvcore.stages.finetune import EarlyStopping, finetune, replay_early_stopping, training_preprocess
+from tvcore.io.dataset import discover
 from tvcore.io.images import IMAGENET_MEAN, TFLITE_MEAN, Preprocess, load_image
 from tvcore.io.modelzoo import resolve_model
+from tvcore.nets.augment import load_augmented, random_box
+from tvcore.stages import finetune as finetune_module
+from tvcore.stages.finetune import (
+    EarlyStopping,
+    finetune,
+    replay_early_stopping,
+    training_preprocess,
+)
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="needs the torch extra")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from imagefiles import photo, write_bad_files, write_photo
 from PIL import Image
 
-from imagefiles import photo, write_bad_files, write_photo
-from tvcore.io.images import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, _UPRIGHT, load_image,
-                           normalise)
+from tvcore.io.images import (
+    _UPRIGHT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    load_image,
+    normalise,
+)
 
 PREP = Preprocess()
 

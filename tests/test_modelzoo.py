@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from tvclean.main import cli
 from tvcore.errors import TvcleanError
 from tvcore.io.images import IMAGENET_MEAN, IMAGENET_STD
-from tvcore.io.modelzoo import (embedded_dir, fetch_model, list_models, resolve_model, sha256_file)
+from tvcore.io.modelzoo import embedded_dir, fetch_model, list_models, resolve_model, sha256_file
 
 EMBEDDED = embedded_dir() / "efficientnet-lite0.onnx"
 

@@ -6,10 +6,10 @@ import re
 
 import numpy as np
 import pytest
-
 from naive import naive_linear_deltas, naive_mlp_deltas
-from tvcore.engine import montecarlo
+
 from tvcore.config import EstimateConfig
+from tvcore.engine import montecarlo
 from tvcore.errors import TvcleanError
 
 

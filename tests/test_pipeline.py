@@ -10,17 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from imagefiles import write_digit_tree
 from runfixtures import clustered_features, make_feature_run
+
 from tvclean.main import cli
-from tvcore.stages import demo
-from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
+from tvcore.config import Config, EstimateConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
+from tvcore.labelissues import training_values
+from tvcore.stages import demo
+from tvcore.stages.clean import clean
 from tvcore.stages.estimate import estimate
 from tvcore.stages.filter import filter_run, load_training_values
-from tvcore.stages.clean import clean
-from tvcore.labelissues import training_values
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:

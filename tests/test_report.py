@@ -18,16 +18,23 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from runfixtures import clustered_features, make_feature_run
 from scipy.stats import spearmanr
 
-from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
-from tvcore.config import Config, EstimateConfig, FilterConfig, ReportConfig, ValueNetConfig
+from tvcore.config import Config, EstimateConfig, FilterConfig, ValueNetConfig
 from tvcore.errors import TvcleanError
 from tvcore.stages.estimate import estimate
 from tvcore.stages.filter import filter_run, load_training_values
-from tvcore.stages.report import (embedding_rows, extreme_rows, load_report_data, rank_convergence,
-                           thumbnail_uri, tsne_2d, write_report)
+from tvcore.stages.report import (
+    embedding_rows,
+    extreme_rows,
+    load_report_data,
+    rank_convergence,
+    thumbnail_uri,
+    tsne_2d,
+    write_report,
+)
 
 # A class folder name that breaks HTML unless escaped, and one that breaks matplotlib mathtext.
 NASTY = 'd<b>&"og'

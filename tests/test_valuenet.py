@@ -8,13 +8,25 @@ import numpy as np
 import pytest
 
 from tvcore.config import ValueNetConfig
-from tvcore.errors import TvcleanError
 from tvcore.engine.valuenet import (
-    BETA1, BETA2, EPSILON, MOMENT_FLUSH, ValueNet, adam_update, can_fit, dropout_mask, fit_valuenet,
-    fit_valuenets, forward, glorot_uniform, load_valuenets, loss_and_grads, min_examples_needed,
+    BETA1,
+    BETA2,
+    EPSILON,
+    MOMENT_FLUSH,
+    ValueNet,
+    adam_update,
+    can_fit,
+    dropout_mask,
+    fit_valuenet,
+    fit_valuenets,
+    forward,
+    glorot_uniform,
+    load_valuenets,
+    loss_and_grads,
+    min_examples_needed,
     save_valuenets,
 )
-
+from tvcore.errors import TvcleanError
 
 # ----------------------------------------------------------------------------- naive references
 

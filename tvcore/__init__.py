@@ -21,7 +21,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import (  # noqa: E402
+from .config import (
     Config,
     EstimateConfig,
     ExtractConfig,
@@ -30,7 +30,7 @@ from .config import (  # noqa: E402
     ReportConfig,
     ValueNetConfig,
 )
-from .errors import TvcleanError  # noqa: E402
+from .errors import TvcleanError
 
 # name -> module that defines it, imported on first use (PEP 562). The stage modules
 # live in tvcore.stages, so no top-level name is also a submodule's name.

@@ -13,8 +13,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Sequence
+from typing import IO, Any
 
 import numpy as np
 

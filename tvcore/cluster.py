@@ -14,10 +14,12 @@ import contextlib
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+
 # What a cancelled Dask future raises (distributed's FutureCancelledError derives from it).
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from .cores import available_cores
 from .errors import TvcleanError, one_line
@@ -82,7 +84,7 @@ class Cluster:
             processes=True, dashboard_address=":0", silence_logs=logging.ERROR)  # any free port
         return distributed.Client(self._local, set_as_default=False)
 
-    def thread_plan(self, requested: int) -> "ThreadPlan":
+    def thread_plan(self, requested: int) -> ThreadPlan:
         """How many cores each task may use: `requested`, or (0) its worker process's share
         of the cores of its machine."""
         hosts = Counter(_host(address) for address in self.client.nthreads())
@@ -99,7 +101,7 @@ class Cluster:
             self._local.close()
         self._client = self._local = None
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:

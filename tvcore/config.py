@@ -9,10 +9,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import TvcleanError
 
@@ -104,7 +105,7 @@ class FinetuneConfig:
                           "same model.")
     threads: int = option(0, "torch threads (0 = all cores).")
 
-    def validate(self) -> "FinetuneConfig":
+    def validate(self) -> FinetuneConfig:
         _check_choice("finetune", self, "model")
         _check_positive("finetune", self, "epochs", "batch_size", "patience")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -140,7 +141,7 @@ class ExtractConfig:
     max_pixels: int = option(89_478_485, "Images with more pixels are skipped as "
                                          "decompression bombs.")
 
-    def validate(self) -> "ExtractConfig":
+    def validate(self) -> ExtractConfig:
         _check_positive("extract", self, "batch_size", "max_pixels")
         for name in ("threads", "decode_workers"):
             if getattr(self, name) < 0:
@@ -180,7 +181,7 @@ class EstimateConfig:
     memory_budget_mb: int = option(2048, "Memory for the Gram matrix; above it, it is "
                                          "computed in blocks.")
 
-    def validate(self) -> "EstimateConfig":
+    def validate(self) -> EstimateConfig:
         _check_positive("estimate", self, "episodes", "epochs", "per_class",
                         "val_per_class", "hidden", "checkpoint_every", "memory_budget_mb")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -216,7 +217,7 @@ class ValueNetConfig:
                                    "directly instead of a value net.")
     seed: int = option(0, "Random seed of the value nets.")
 
-    def validate(self) -> "ValueNetConfig":
+    def validate(self) -> ValueNetConfig:
         _check_positive("valuenet", self, "hidden", "lr", "batch_size", "max_epochs",
                         "patience", "min_examples")
         if not 0 <= self.dropout < 1:
@@ -246,7 +247,7 @@ class FilterConfig:
     prefix_values: bool = option(False, "Prefix output file names with their score, as the "
                                         "original did with its value.")
 
-    def validate(self) -> "FilterConfig":
+    def validate(self) -> FilterConfig:
         for name in ("threshold", "confidence_z"):
             if not math.isfinite(getattr(self, name)):
                 _fail("filter", name, "must be a finite number", getattr(self, name))
@@ -267,7 +268,7 @@ class ReportConfig:
                                          "feature map.")
     thumbnails: int = option(8, "Most negative and most positive images shown per class.")
 
-    def validate(self) -> "ReportConfig":
+    def validate(self) -> ReportConfig:
         _check_positive("report", self, "embedding_sample", "thumbnails")
         return self
 
@@ -306,7 +307,7 @@ class Config:
     filter: FilterConfig = field(default_factory=FilterConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         for name in SECTIONS:
             getattr(self, name).validate()
         return self
@@ -315,7 +316,7 @@ class Config:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     @classmethod
-    def preset(cls, name: str) -> "Config":
+    def preset(cls, name: str) -> Config:
         """The configuration of a named preset ("default" or "original")."""
         if name not in PRESETS:
             raise TvcleanError(f"invalid preset (--preset): must be one of "
@@ -327,7 +328,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config",
-                  preset: str | None = None) -> "Config":
+                  preset: str | None = None) -> Config:
         """Config from tables of options on top of a preset (`preset` wins over the
         data's own top-level `preset = "..."`; the default preset otherwise)."""
         data = dict(data)
@@ -346,7 +347,7 @@ class Config:
         return config.validate()
 
     @classmethod
-    def from_toml(cls, path: str | Path, preset: str | None = None) -> "Config":
+    def from_toml(cls, path: str | Path, preset: str | None = None) -> Config:
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -421,9 +422,9 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width) or [""]
 
 
-def resolve_config(run_config: "Config | None", base: "Config | None" = None,
+def resolve_config(run_config: Config | None, base: Config | None = None,
                    overrides: dict[str, dict[str, Any]] | None = None,
-                   source: str = "options") -> "Config":
+                   source: str = "options") -> Config:
     """The one rule by which every stage, `clean`, the CLI and the API get their settings.
 
     The starting point is `base` when one is given explicitly (a --config file,

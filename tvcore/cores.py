@@ -17,7 +17,7 @@ def set_numba_threads(threads: int) -> int:
     """Use `threads` numba threads (0 = all available); return the number used."""
     import numba
 
-    available = numba.config.NUMBA_NUM_THREADS
+    available = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
     used = available if threads <= 0 else min(threads, available)
     numba.set_num_threads(used)
     return used

@@ -22,7 +22,7 @@ class Progress:
         self._start = time.perf_counter()
         self._last_draw = 0.0
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         self._draw(force=True)
         return self
 

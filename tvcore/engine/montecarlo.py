@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import mc_kernels
 from ..config import EstimateConfig
 from ..errors import TvcleanError
+from . import mc_kernels
 
 # Independent random streams, derived from the user's seed.
 _SUBSET_STREAM = 1
@@ -316,7 +316,7 @@ class ValueAccumulator:
                 "episodes": np.array(self.episodes)}
 
     @classmethod
-    def from_state(cls, state) -> "ValueAccumulator":
+    def from_state(cls, state) -> ValueAccumulator:
         acc = cls(state["sums"].size)
         acc.sums, acc.sums_sq = state["sums"].copy(), state["sums_sq"].copy()
         acc.count, acc.episodes = state["count"].copy(), int(state["episodes"])

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
+from ..atomicfile import atomic_save_npz, atomic_write_json, read_json
 from ..config import ValueNetConfig
 from ..errors import TvcleanError
-from ..atomicfile import atomic_save_npz, atomic_write_json, read_json
 
 DTYPE = np.float32
 BETA1, BETA2, EPSILON = 0.9, 0.999, 1e-7  # Keras Adam defaults
@@ -222,7 +223,8 @@ def _n_params(dim: int, hidden: int) -> int:
     return dim * hidden + hidden + hidden + 1
 
 
-def _views(flat: np.ndarray, dim: int, hidden: int):
+def _views(flat: np.ndarray, dim: int, hidden: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(w1, b1, w2, b2) as views into one flat parameter vector, so Adam is one pass."""
     s1, s2 = dim * hidden, dim * hidden + hidden
     return (flat[:s1].reshape(dim, hidden), flat[s1:s2], flat[s2:s2 + hidden].reshape(hidden, 1),
@@ -258,7 +260,7 @@ class _Trainer:
                 if waited >= self.config.patience:
                     break
 
-    def _weights(self):
+    def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return _views(self.params, self.dim, self.config.hidden)
 
     def _epoch(self, X, y) -> float:

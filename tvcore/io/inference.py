@@ -7,9 +7,9 @@ the CPU decodes the next batch while the model runs on this one.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class FeatureExtractor:
         self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
         self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
 
-    def __enter__(self) -> "FeatureExtractor":
+    def __enter__(self) -> FeatureExtractor:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomicfile import atomic_write_json, atomic_write_with, read_json
 from ..errors import TvcleanError, one_line
-from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
 from ..progress import Progress
-from ..atomicfile import FILE_MODE, atomic_write_json, atomic_write_with, read_json
+from .images import IMAGENET_MEAN, IMAGENET_STD, TFLITE_MEAN, TFLITE_STD, Preprocess
 
 NORMALISATIONS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
@@ -176,7 +176,7 @@ def _known_model(known: KnownModel) -> ModelSpec:
 
 
 def model_from_file(path: Path, name: str | None = None,
-                    defaults: Preprocess = Preprocess()) -> ModelSpec:
+                    defaults: Preprocess | None = None) -> ModelSpec:
     """A ModelSpec for an .onnx file; metadata from PATH.json if present, else defaults.
 
     Defaults: 224 input, shorter side resized to 256, ImageNet mean/std.
@@ -195,7 +195,7 @@ def model_from_file(path: Path, name: str | None = None,
                            f"{meta_file}; the file is corrupt or was replaced")
     return ModelSpec(
         name=name or meta.get("name") or path.stem, path=path.resolve(), sha256=digest,
-        preprocess=_preprocess_from(meta, defaults, meta_file), dim=_optional_int(meta, "dim", meta_file),
+        preprocess=_preprocess_from(meta, defaults or Preprocess(), meta_file), dim=_optional_int(meta, "dim", meta_file),
         input=meta.get("input"), output=meta.get("output"),
         source=str(meta.get("source", "")), licence=str(meta.get("licence", "")))
 

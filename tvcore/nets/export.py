@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..atomicfile import FILE_MODE
 from ..errors import TvcleanError
-from ..io.modelzoo import (FILE_MODE, KNOWN_MODELS, cache_dir, download, sha256_file,
-                       write_metadata)
+from ..io.modelzoo import KNOWN_MODELS, cache_dir, download, sha256_file, write_metadata
 
 OPSET = 17
 TORCH_EXTRA = "pip install 'tvclean[torch]'"
@@ -54,10 +54,11 @@ def build_backbone(name: str, pretrained: bool = True, weights: str | Path | Non
     """
     require_torch()
     from . import torchnets
+    backbone: torchnets.Backbone
     if name == "efficientnet-lite0":
         state = _load_state(_lite0_weights(weights), LITE0_WEIGHTS_SHA256) if pretrained else None
-        backbone = torchnets.EfficientNetLite0()
-        target = backbone.net
+        lite0 = torchnets.EfficientNetLite0()
+        backbone, target = lite0, lite0.net
     elif name == "resnet50":
         state = _load_state(_resnet50_weights(weights), RESNET50_WEIGHTS_SHA256) if pretrained else None
         backbone = target = torchnets.ResNet50()
@@ -136,6 +137,7 @@ def onnx_agreement(backbone, path: str | Path, input_size: int, batch: int = 2,
     torch = require_torch()
     import numpy as np
     import onnxruntime as ort
+
     from .torchnets import FeaturesAndLogits
     images = np.random.default_rng(seed).standard_normal((batch, 3, input_size, input_size),
                                                          dtype=np.float32)

@@ -11,10 +11,24 @@ import torch
 from torch import nn
 
 
+class Backbone(nn.Module):
+    """The interface every backbone has: features, and a replaceable linear classifier."""
+
+    @property
+    def classifier(self) -> nn.Linear:
+        raise NotImplementedError
+
+    def set_classifier(self, head: nn.Linear) -> None:
+        raise NotImplementedError
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class FeaturesAndLogits(nn.Module):
     """What gets exported: images (N, 3, H, W) -> features (N, D), logits (N, C)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: Backbone):
         super().__init__()
         self.backbone = backbone
 
@@ -23,7 +37,7 @@ class FeaturesAndLogits(nn.Module):
         return features, self.backbone.classifier(features)
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 from the efficientnet-lite-pytorch package (module names kept)."""
 
     def __init__(self):
@@ -35,7 +49,7 @@ class EfficientNetLite0(nn.Module):
     def classifier(self) -> nn.Linear:
         return self.net._fc
 
-    def set_classifier(self, head: nn.Module) -> None:
+    def set_classifier(self, head: nn.Linear) -> None:
         """Replace the ImageNet head (fine-tuning); a property setter would not register it."""
         self.net._fc = head
 
@@ -75,7 +89,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet50(nn.Module):
+class ResNet50(Backbone):
     """ResNet50 with torchvision's module names, so its ImageNet state_dict loads as is."""
 
     def __init__(self, num_classes: int = 1000):
@@ -110,7 +124,7 @@ class ResNet50(nn.Module):
     def classifier(self) -> nn.Linear:
         return self.fc
 
-    def set_classifier(self, head: nn.Module) -> None:
+    def set_classifier(self, head: nn.Linear) -> None:
         """Replace the ImageNet head (fine-tuning)."""
         self.fc = head
 

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..atomicfile import atomic_write_bytes
 from ..config import FinetuneConfig
 from ..errors import TvcleanError
-from ..atomicfile import atomic_write_bytes
+from .torchnets import Backbone
 
 BATCHNORM_MOMENTUM = 0.1  # PyTorch's default; ResNet50 already has it
 
@@ -27,7 +28,7 @@ BATCHNORM_MOMENTUM = 0.1  # PyTorch's default; ResNet50 already has it
 class Trainer:
     """A backbone with a new (D -> n_classes) linear head, trained by SGD on cross-entropy."""
 
-    def __init__(self, backbone: nn.Module, n_classes: int, config: FinetuneConfig):
+    def __init__(self, backbone: Backbone, n_classes: int, config: FinetuneConfig):
         torch.manual_seed(config.seed)  # the head's initialisation
         backbone.set_classifier(nn.Linear(backbone.classifier.in_features, n_classes))
         follow_batch_statistics(backbone)

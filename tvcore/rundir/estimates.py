@@ -16,8 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..atomicfile import atomic_save_npy, atomic_write_csv, atomic_write_json, load_npy, read_json
 from ..engine.estimates import Estimates
 from .features import FeatureSet, load_features

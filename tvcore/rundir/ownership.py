@@ -21,8 +21,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .. import __version__
 from ..atomicfile import atomic_write_json

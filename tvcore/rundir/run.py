@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-import tomllib
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
+
+import tomllib
 
 from .. import __version__
 from ..atomicfile import atomic_write_text
@@ -38,7 +40,7 @@ class RunDir:
         return f"RunDir({str(self.root)!r})"
 
     @classmethod
-    def of(cls, run: "str | Path | RunDir") -> "RunDir":
+    def of(cls, run: str | Path | RunDir) -> RunDir:
         return run if isinstance(run, RunDir) else cls(run)
 
     @property
@@ -86,7 +88,7 @@ class RunDir:
         return ownership.is_run_dir(self.root)
 
     @contextlib.contextmanager
-    def writing(self, stage: str) -> Iterator["RunDir"]:
+    def writing(self, stage: str) -> Iterator[RunDir]:
         """Claim the directory for tvclean (creating it) and hold its writer lock."""
         ownership.claim(self.root)
         with ownership.locked(self.root, f"tvclean {stage}"):
@@ -121,7 +123,7 @@ class RunDir:
             return None
         return Config.from_toml(self.config_path)
 
-    def resolve(self, config: "Config | Mapping[str, Mapping[str, Any]] | None" = None) -> Config:
+    def resolve(self, config: Config | Mapping[str, Mapping[str, Any]] | None = None) -> Config:
         """A stage's settings by the one rule (tvcore.config.resolve_config): a Config is
         taken as it is; otherwise the run's config.toml (or the defaults) with `config`'s
         {section: {option: value}} on top."""

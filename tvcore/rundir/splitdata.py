@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Iterable, Sequence
 
 from ..atomicfile import atomic_write_json, read_json
 from ..config import CHOICES

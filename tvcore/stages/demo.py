@@ -112,8 +112,8 @@ class DemoResult:
 def run_demo(out: str | Path, config: Config | None = None,
              progress: bool | None = None) -> DemoResult:
     """Materialize the demo data under OUT/data, clean it into OUT/run, score the result."""
-    from .evaluate import evaluate
     from .clean import clean
+    from .evaluate import evaluate
     from .report import write_report
 
     if not str(out).strip():

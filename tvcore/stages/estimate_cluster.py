@@ -10,13 +10,21 @@ the last folded episode.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ..cluster import RESCATTERS, WORKER_LOCK, Cluster, LostSharedData, ThreadPlan, as_cluster, \
-    run_tasks
+from ..cluster import (
+    RESCATTERS,
+    WORKER_LOCK,
+    Cluster,
+    LostSharedData,
+    ThreadPlan,
+    as_cluster,
+    run_tasks,
+)
 from ..config import EstimateConfig
 from ..cores import set_numba_threads
 from ..engine.montecarlo import MonteCarloProblem, ValueAccumulator, run_episodes

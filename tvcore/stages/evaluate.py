@@ -11,16 +11,15 @@ on both sides.
 from __future__ import annotations
 
 import csv
-import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import TvcleanError
 from ..atomicfile import atomic_write_json
+from ..errors import TvcleanError
 from ..rundir import RunDir, read_training_values
 from ..rundir.run import EVALUATION
 
@@ -196,7 +195,7 @@ def _mislabeled_per_row(train: _TrainingValues, entries: list[_TruthEntry],
         if entry.mislabeled is not None:
             out[row] = int(entry.mislabeled)
         else:
-            out[row] = int(_differs(entry.true_label, int(train.labels[row]),
+            out[row] = int(_differs(entry.true_label or "", int(train.labels[row]),
                                     train.class_names[row], known_names))
     return out
 
@@ -273,7 +272,8 @@ def _truth_from_csv(path: Path) -> list[_TruthEntry]:
         raise TvcleanError(f"{path}: needs an is_mislabeled or a true_label column "
                            f"besides path; found {', '.join(header)}")
     base = str(path.resolve().parent)
-    entries, seen = [], {}
+    entries: list[_TruthEntry] = []
+    seen: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if not row["path"]:
             raise TvcleanError(f"{path} line {line}: empty path")
@@ -377,8 +377,9 @@ def match_truth(train_paths: list[str], entries: list[_TruthEntry]) -> tuple[np.
 def _match_by_key(train_paths, entries, train_key, truth_key,
                   train_of_truth: np.ndarray, taken: np.ndarray) -> int:
     """Link still-free truth entries and training rows whose keys are equal and unique on both sides."""
-    train_index = _unique_keys((train_key(train_paths[i]), i) for i in np.flatnonzero(~taken))
-    truth_index = _unique_keys((truth_key(entries[j]), j) for j in np.flatnonzero(train_of_truth < 0))
+    train_index = _unique_keys((train_key(train_paths[i]), int(i)) for i in np.flatnonzero(~taken))
+    truth_index = _unique_keys((truth_key(entries[j]), int(j))
+                               for j in np.flatnonzero(train_of_truth < 0))
     linked = 0
     for key, j in truth_index.items():
         i = train_index.get(key)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,7 @@ from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
 from ..rundir.ownership import check_no_overlap
 from ..rundir.splitdata import placements, relative_name, write_split_dataset
-from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, \
-    write_training_values
+from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, write_training_values
 
 
 @dataclass

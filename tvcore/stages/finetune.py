@@ -30,11 +30,12 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ class FinetuneResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **changes: Any) -> "FinetuneResult":
+    def from_dict(cls, data: dict[str, Any], **changes: Any) -> FinetuneResult:
         names = cls.__dataclass_fields__
         values = {k: v for k, v in data.items() if k in names}
         values.update(run=Path(values["run"]), model_path=Path(values["model_path"]), **changes)
@@ -280,6 +281,8 @@ def _export(model, folder: Path, dataset: Dataset, settings: FinetuneConfig, pre
     known = KNOWN_MODELS[settings.model]
     _, best = replay_early_stopping([h["val_accuracy"] for h in state["history"]],
                                     settings.min_delta, settings.patience)
+    if best is None:
+        raise TvcleanError("fine-tuning finished without a single validated epoch")
     meta = write_metadata(
         path, f"{settings.model}-finetuned", prep, known.dim,
         source=f"{settings.model} fine-tuned by tvclean finetune on {dataset.train.source}",
