@@ -123,3 +123,24 @@ def test_the_layering_check_would_catch_an_upward_import(tmp_path):
     found = project_imports("tvcore.engine.decisions", bad, ALL)
     assert "tvcore.stages.filter" in found
     assert layer("tvcore.stages.filter") not in ALLOWED[layer("tvcore.engine.decisions")]
+
+
+def test_importing_the_library_changes_no_global_state():
+    """No warnings filter, environment variable or signal handler is set by an import of ours
+    (the third-party libraries are imported first: what they set is theirs)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, warnings, importlib\n"
+        "import numpy, numba, PIL.Image, onnxruntime, pandas, sklearn.linear_model, matplotlib\n"
+        "import matplotlib.pyplot, threadpoolctl, click\n"
+        "before = (list(warnings.filters), dict(os.environ), signal.getsignal(signal.SIGINT))\n"
+        f"for name in {sorted(m for m in ALL if not m.startswith(('tvcore.nets', 'tvclean')))!r}:\n"
+        "    importlib.import_module(name)\n"
+        "after = (list(warnings.filters), dict(os.environ), signal.getsignal(signal.SIGINT))\n"
+        "assert before == after, [a for a, b in zip(after, before) if a != b]\n"
+        "print('same')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]

@@ -93,15 +93,16 @@ def estimate_values(problem: MonteCarloProblem, config: EstimateConfig, cluster:
     acc = acc or ValueAccumulator(problem.n_sub)
     data = ProblemData(problem.sub_feats, problem.sub_labels, problem.val_feats,
                        problem.val_labels, problem.n_classes, config)
-    for attempt in range(RESCATTERS + 1):
+    lost = 0
+    while True:
         try:
             return _fold_blocks(cluster, data, config, acc, block, on_block)
         except LostSharedData:
             # The scattered arrays went down with workers: send them again and go on
             # from the last folded episode (blocks are deterministic, so nothing changes).
-            if attempt == RESCATTERS:
+            lost += 1
+            if lost > RESCATTERS:
                 raise
-    raise AssertionError("unreachable")
 
 
 def _fold_blocks(cluster: Cluster, data: ProblemData, config: EstimateConfig,
