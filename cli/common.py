@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import sys
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from tvcore.errors import TvcleanError, one_line
+from tvcore.errors import TvcleanError, os_error_message
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -25,23 +24,12 @@ def user_errors(fn: Callable) -> Callable:
         except TvcleanError as exc:
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
-            raise click.ClickException(describe_os_error(exc)) from None
+            raise click.ClickException(os_error_message(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
 
     return wrapper
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'PATH: cause' for an OSError, with a hint for the common causes."""
-    where = exc.filename if exc.filename is not None else "a file"
-    cause = exc.strerror or one_line(exc)
-    hint = {errno.ENOSPC: "free some space and re-run the same command to resume",
-            errno.EROFS: "the file system is read-only; choose a writable run directory",
-            errno.EACCES: "permission denied; check the folder's permissions",
-            errno.EDQUOT: "disk quota exceeded; free some space and re-run to resume"}
-    return f"{where}: {cause}" + (f" ({hint[exc.errno]})" if exc.errno in hint else "")
 
 
 def echo_json(obj: Any) -> None:

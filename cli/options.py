@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import click
@@ -91,7 +90,7 @@ def build_config(config_file: str | None, options: dict[str, Any],
     elif preset:
         base = Config.preset(preset)
     run_config = None
-    if base is None and run and Path(run, "config.toml").exists():
+    if base is None and run and RunDir(run).exists():  # only a tvclean run's own config.toml
         run_config = RunDir(run).load_config()
     return resolve_config(run_config, base, typed_options(options), "command line")
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .errors import TvcleanError, one_line
+from .errors import TvcleanError, one_line, os_error_cause
 
 
 def _umask() -> int:
@@ -37,8 +37,11 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> No
     If write raises, nothing is left behind and `path` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TvcleanError(f"cannot write {path}: {os_error_cause(exc)}") from None
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
@@ -46,9 +49,11 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> No
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk, a read-only file system, ...
+            raise TvcleanError(f"cannot write {path}: {os_error_cause(exc)}") from None
         raise
 
 

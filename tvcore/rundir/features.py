@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..atomicfile import atomic_write_json, load_npy, read_json
-from ..errors import TvcleanError, one_line
+from ..errors import TvcleanError, os_error_cause
+from .ownership import check_no_overlap
 from .run import RunDir
 from .tables import read_index, write_index
 
@@ -65,12 +66,6 @@ class FeatureSet:
     def dim(self) -> int:
         return int(self.train.features.shape[1])
 
-    @property
-    def input_folders(self) -> list[str]:
-        """The class-folder roots the features came from (none for manifests)."""
-        return [self.meta[k] for k in ("train_root", "val_root")
-                if self.meta.get(k) and Path(self.meta[k]).suffix.lower() != ".csv"]
-
 
 def load_split(run: RunDir, name: str, class_names: Sequence[str]) -> Split:
     index_path = run.require(f"features/{name}_index.csv", "extract")
@@ -91,6 +86,16 @@ def load_features(run: str | Path | RunDir) -> FeatureSet:
     classes = list(meta["classes"])
     return FeatureSet(class_names=classes, train=load_split(run, "train", classes),
                       val=load_split(run, "val", classes), meta=meta)
+
+
+def check_inputs_outside(run: RunDir, features: FeatureSet | None = None) -> None:
+    """Refuse a run whose recorded input folders overlap it (every stage checks)."""
+    if features is None and not (run.features / "meta.json").exists():
+        return  # nothing extracted: no inputs recorded
+    meta = features.meta if features is not None else read_json(run.features / "meta.json")
+    folders = [meta[k] for k in ("train_root", "val_root")
+               if meta.get(k) and Path(meta[k]).suffix.lower() != ".csv"]
+    check_no_overlap(run.root, folders)
 
 
 class SplitWriter:
@@ -198,7 +203,7 @@ def _new_matrix(path: Path, shape: tuple[int, int]) -> np.memmap:
         del matrix
         path.unlink(missing_ok=True)
         raise TvcleanError(f"cannot reserve {shape[0] * shape[1] * 4 / 2**20:.0f} MiB for "
-                           f"{path}: {exc.strerror or one_line(exc)}") from None
+                           f"{path}: {os_error_cause(exc)}") from None
     return matrix
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..atomicfile import atomic_write_json
-from ..errors import TvcleanError, one_line
+from ..errors import TvcleanError, one_line, os_error_cause
 
 OWN_DIR = ".tvclean"  # everything tvclean keeps for itself inside RUN
 MARKER = "run.json"
@@ -76,7 +76,7 @@ def claim(root: Path) -> None:
         (root / OWN_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TvcleanError(f"cannot create the run directory {root}: "
-                           f"{exc.strerror or one_line(exc)}") from None
+                           f"{os_error_cause(exc)}") from None
     write_marker(root, {"format": MARKER_FORMAT, "created": _now(),
                         "tvclean_version": __version__, "stages": {}})
 
@@ -155,7 +155,7 @@ def _acquire(root: Path, what: str) -> int:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise TvcleanError(f"cannot open the lock {path}: {exc.strerror or one_line(exc)}") \
+        raise TvcleanError(f"cannot open the lock {path}: {os_error_cause(exc)}") \
             from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -165,22 +165,27 @@ def _acquire(root: Path, what: str) -> int:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise TvcleanError(f"run directory {root} is in use by {holder}; wait for it to "
                                f"finish, or use another run directory") from None
-        raise TvcleanError(f"cannot lock {path}: {exc.strerror or one_line(exc)}") from None
+        raise TvcleanError(f"cannot lock {path}: {os_error_cause(exc)}") from None
     record = f"PID {os.getpid()} ({what}, since {time.strftime('%H:%M:%S')})\n".encode()
     try:
-        os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
+        os.ftruncate(fd, len(record))
     except OSError:
         pass  # the lock holds without the note (e.g. a full disk)
     return fd
 
 
 def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "another tvclean process"
+    """The holder's note (PID, command, since when), read again if caught being written."""
+    for _ in range(5):
+        try:
+            text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        if text.endswith(")"):
+            return text
+        time.sleep(0.02)
+    return "another tvclean process"
 
 
 # --- inputs and runs never overlap ---------------------------------------------------------

@@ -13,7 +13,7 @@ import tomllib
 from .. import __version__
 from ..atomicfile import atomic_write_text
 from ..config import SECTIONS, Config, dump_toml, resolve_config
-from ..errors import TvcleanError, one_line
+from ..errors import TvcleanError, one_line, os_error_cause
 from . import ownership
 
 FEATURES = "features"
@@ -112,7 +112,7 @@ class RunDir:
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(f"{stamp} {message}\n")
         except OSError as exc:
-            raise TvcleanError(f"cannot write {self.log_path}: {exc.strerror or one_line(exc)}") \
+            raise TvcleanError(f"cannot write {self.log_path}: {os_error_cause(exc)}") \
                 from None
 
     # --- configuration ----------------------------------------------------------------------

@@ -2,14 +2,18 @@
 
 The user's images are only ever read: copies (default, as the original), hard
 links or symbolic links are made inside the run directory. tvclean keeps a
-record of every file and folder it placed (RUN/.tvclean/split.json) and only
-ever removes those: a file of the user's inside RUN/clean stays where it is.
+record of every file it placed (RUN/.tvclean/split.json: its name, and its
+inode, size and time, or a link's target) and only ever removes a file that is
+still exactly that: a file of the user's inside RUN/clean stays where it is,
+and so does one the user wrote over a placed image.
 A new split is built in RUN/.tvclean/ and swapped in when complete, so
 clean/ and dirty/ always hold one whole split.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -18,7 +22,7 @@ from pathlib import Path, PurePath
 
 from ..atomicfile import atomic_write_json, read_json
 from ..config import CHOICES
-from ..errors import TvcleanError, one_line
+from ..errors import TvcleanError, os_error_cause
 from ..progress import Progress
 from .run import RunDir
 
@@ -73,7 +77,8 @@ def write_split_dataset(run: RunDir, items: Sequence[Placement], mode: str,
         raise TvcleanError(f"invalid filter.output (--output): must be one of "
                            f"{', '.join(MODES)}, got {mode!r}")
     counts = {d: sum(1 for item in items if item.decision == d) for d in FOLDERS}
-    fingerprint = [mode, [(i.source, i.decision, i.class_name, i.name) for i in items]]
+    fingerprint = hashlib.sha256(json.dumps(
+        [mode, [(i.source, i.decision, i.class_name, i.name) for i in items]]).encode()).hexdigest()
     record = _read_record(run)
     for folder in FOLDERS:
         _check_folder(run, folder, record)
@@ -81,14 +86,15 @@ def write_split_dataset(run: RunDir, items: Sequence[Placement], mode: str,
         return SplitSummary(counts=counts, foreign=[], up_to_date=True)
     staging = run.own / "staging"
     _remove_own_tree(staging)
-    placed = _build(staging, items, mode, progress) if mode != "none" else {d: [] for d in FOLDERS}
+    placed = _build(staging, items, mode, progress) if mode != "none" else {d: {} for d in FOLDERS}
+    earlier = _recorded(record)
     # Written first: a crash during the swap leaves both the old and the new files on record.
-    ours = {d: sorted(set(record.get("files", {}).get(d, [])) | set(placed[d])) for d in FOLDERS}
-    atomic_write_json(run.own / RECORD, {"fingerprint": None, "files": ours})
+    atomic_write_json(run.own / RECORD, {"fingerprint": None, "files": {
+        d: {**earlier[d], **placed[d]} for d in FOLDERS}})
     foreign: list[str] = []
     for folder in FOLDERS:
-        foreign += _swap_in(run, folder, staging / folder, set(record.get("files", {})
-                                                               .get(folder, [])), mode != "none")
+        foreign += _swap_in(run, folder, staging / folder, _still_ours(run, folder, earlier),
+                            mode != "none")
     _remove_own_tree(staging)
     atomic_write_json(run.own / RECORD, {"fingerprint": fingerprint, "files": placed})
     return SplitSummary(counts=counts, foreign=foreign)
@@ -105,9 +111,34 @@ def _read_record(run: RunDir) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _intact(run: RunDir, record: dict) -> bool:
+def _recorded(record: dict) -> dict[str, dict[str, str]]:
     files = record.get("files", {})
-    return all(os.path.lexists(run.root / d / f) for d in FOLDERS for f in files.get(d, []))
+    return {d: dict(files.get(d, {})) if isinstance(files.get(d), dict) else {} for d in FOLDERS}
+
+
+def _signature(path: Path) -> str:
+    """What tvclean put at path: a link's target, or a file's inode, size and time."""
+    info = os.lstat(path)
+    if os.path.islink(path):
+        return "link:" + os.readlink(path)
+    return f"file:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def _still_ours(run: RunDir, folder: str, recorded: dict[str, dict[str, str]]) -> set[str]:
+    """The recorded files of RUN/folder that are still exactly what tvclean placed."""
+    ours = set()
+    for relative, signature in recorded[folder].items():
+        try:
+            if _signature(run.root / folder / relative) == signature:
+                ours.add(relative)
+        except OSError:
+            pass  # gone: nothing to remove
+    return ours
+
+
+def _intact(run: RunDir, record: dict) -> bool:
+    recorded = _recorded(record)
+    return all(len(_still_ours(run, d, recorded)) == len(recorded[d]) for d in FOLDERS)
 
 
 def _check_folder(run: RunDir, folder: str, record: dict) -> None:
@@ -121,16 +152,16 @@ def _check_folder(run: RunDir, folder: str, record: dict) -> None:
 
 
 def _build(staging: Path, items: Sequence[Placement], mode: str,
-           progress: bool | None) -> dict[str, list[str]]:
-    """Place every image below staging/<decision>/; returns the placed names per decision."""
-    placed: dict[str, list[str]] = {d: [] for d in FOLDERS}
+           progress: bool | None) -> dict[str, dict[str, str]]:
+    """Place every image below staging/<decision>/; returns {decision: {name: signature}}."""
+    placed: dict[str, dict[str, str]] = {d: {} for d in FOLDERS}
     taken: set[str] = set()
     with Progress(len(items), f"filter: {mode} images", enabled=progress) as bar:
         for item in items:
             relative = _unique(_safe_relative(item.class_name, item.name), taken)
             target = staging / item.decision / relative
             _place(Path(item.source), target, mode)
-            placed[item.decision].append(relative)
+            placed[item.decision][relative] = _signature(target)
             bar.update()
     return placed
 
@@ -172,7 +203,7 @@ def _place(source: Path, target: Path, mode: str) -> None:
         if mode == "hardlink" and exc.filename in (str(source), None):
             raise TvcleanError(f"cannot hard-link {source} into {target.parent} "
                                f"({exc.strerror}); use --output copy or symlink") from None
-        raise TvcleanError(f"cannot write {target}: {exc.strerror or one_line(exc)}") from None
+        raise TvcleanError(f"cannot write {target}: {os_error_cause(exc)}") from None
 
 
 def _swap_in(run: RunDir, folder: str, staged: Path, ours: set[str], present: bool) -> list[str]:

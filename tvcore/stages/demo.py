@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..atomicfile import atomic_write_csv, atomic_write_json
 from ..config import Config
-from ..errors import TvcleanError, one_line
+from ..errors import TvcleanError, os_error_cause
 from ..rundir.ownership import DEMO_MARKER
 
 CLASS_NAMES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -91,7 +91,7 @@ def claim_demo_folder(out: Path) -> None:
         atomic_write_json(out / DEMO_MARKER, {"tvclean_demo": 1})
     except OSError as exc:
         raise TvcleanError(f"cannot create the demo folder {out}: "
-                           f"{exc.strerror or one_line(exc)}") from None
+                           f"{os_error_cause(exc)}") from None
 
 
 def demo_config() -> Config:

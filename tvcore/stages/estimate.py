@@ -27,7 +27,7 @@ from ..errors import TvcleanError
 from ..progress import Progress
 from ..rundir import RunDir, load_features
 from ..rundir.estimates import save_estimates
-from ..rundir.ownership import check_no_overlap
+from ..rundir.features import check_inputs_outside
 
 # Changing these does not change the values, so a checkpoint stays valid.
 _RESUMABLE_OPTIONS = ("episodes", "threads", "checkpoint_every", "memory_budget_mb")
@@ -93,6 +93,7 @@ def estimate(run: str | Path | RunDir,
     (None: this process; the values are the same).
     """
     run = RunDir.of(run)
+    check_inputs_outside(run)
     run.require_stages("extract")
     with run.writing("estimate"):
         full = run.resolve(config)
@@ -104,7 +105,6 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
     started = time.perf_counter()
     threads = set_numba_threads(config.threads)
     features = load_features(run)
-    check_no_overlap(run.root, features.input_folders)
     inputs = from_feature_set(features)
     if cluster is not None:
         from . import estimate_cluster

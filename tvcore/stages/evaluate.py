@@ -21,6 +21,7 @@ import numpy as np
 from ..atomicfile import atomic_write_json
 from ..errors import TvcleanError
 from ..rundir import RunDir, read_training_values
+from ..rundir.features import check_inputs_outside
 from ..rundir.run import EVALUATION
 
 EVALUATION_FILE = EVALUATION  # written into the run directory
@@ -140,7 +141,8 @@ def evaluate(run: str | Path | RunDir, truth: str | Path, save: bool = True) -> 
     run = RunDir.of(run)
     if not save:
         return _evaluate(run, truth)
-    run.require("training_values.csv", "filter")
+    run.require_stages("filter")
+    check_inputs_outside(run)
     with run.writing("evaluate"):
         result = _evaluate(run, truth)
         atomic_write_json(run.evaluation, result.to_dict())

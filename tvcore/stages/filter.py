@@ -22,7 +22,7 @@ from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
-from ..rundir.ownership import check_no_overlap
+from ..rundir.features import check_inputs_outside
 from ..rundir.splitdata import placements, relative_name, write_split_dataset
 from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, write_training_values
 
@@ -97,6 +97,7 @@ def filter_run(run: str | Path | RunDir,
     config.toml (see tvcore.config.resolve_config).
     """
     run = RunDir.of(run)
+    check_inputs_outside(run)
     run.require_stages("extract", "estimate")
     with run.writing("filter"):
         return _filter(run, run.resolve(config), progress)
@@ -106,7 +107,6 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     started = time.perf_counter()
     features = load_features(run)
     est = load_estimates(run, features)
-    check_no_overlap(run.root, features.input_folders)
     warnings: list[str] = []
     nets = train_valuenets(run, features, est, full, warnings)
     train = features.train

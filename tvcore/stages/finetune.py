@@ -163,13 +163,13 @@ def finetune(train: str | Path, val: str | Path | None, run: str | Path | RunDir
     Config, or {section: {option: value}} overrides of the run's config.toml.
     """
     run = RunDir.of(run)
+    dataset = discover(train, val)
+    check_inputs_apart(run, dataset)
     with run.writing("finetune"):
         config = run.resolve(config)
         if config.finetune.baseline:
             return use_baseline(config.finetune.baseline, run, config)
         export.require_torch()
-        dataset = discover(train, val)
-        check_inputs_apart(run, dataset)
         return _finetune(dataset, run, config, progress)
 
 

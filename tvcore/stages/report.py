@@ -32,6 +32,7 @@ from ..io.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_or_l
 from ..progress import Progress
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_training_values
 from ..rundir.estimates import estimate_meta
+from ..rundir.features import check_inputs_outside
 
 THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
@@ -78,6 +79,7 @@ def write_report(run: str | Path | RunDir,
     draw a progress bar on stderr (default: when stderr is a terminal).
     """
     run = RunDir.of(run)
+    check_inputs_outside(run)
     run.require_stages("extract", "estimate", "filter")
     with run.writing("report"):
         full = run.resolve(config)
