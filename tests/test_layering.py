@@ -33,6 +33,8 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if parts[0] == "tvclean":
         return "cli"
+    if len(parts) > 1 and parts[1] == "review":  # the review app is a stage of its own
+        return "stages"
     if len(parts) > 1 and parts[1] in ("engine", "io", "nets", "rundir", "stages"):
         return parts[1]
     return {"tvcore.cluster": "cluster", "tvcore.labelissues": "api"}.get(module, "base")
