@@ -31,7 +31,7 @@ test: install-test lint
 	$(PY) -m pytest -q
 
 lint: install-test
-	$(VENV)/bin/ruff check tvcore cli tests benchmarks models
+	$(VENV)/bin/ruff check tvcore cli tests benchmarks models scripts
 	$(VENV)/bin/mypy
 
 bench: install-test

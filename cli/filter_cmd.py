@@ -14,10 +14,11 @@ VALUENET_OPTIONS = ("loss", "target_scale")  # the value-net options a user may 
 
 def print_filter_summary(result) -> None:
     counts = result.counts
-    click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded, "
+    relabelled = f", {counts['relabel']} relabelled" if counts.get("relabel") else ""
+    click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded{relabelled}, "
                f"{counts['error']} unreadable")
     for name, row in result.per_class.items():
-        total = row["clean"] + row["dirty"]
+        total = row["clean"] + row["dirty"] + row.get("relabel", 0)
         share = row["dirty"] / total if total else 0.0
         click.echo(f"  {name:20s} {row['clean']:7d} clean {row['dirty']:7d} discarded "
                    f"({share:6.1%})")

@@ -12,7 +12,8 @@ from tvcore.errors import TvcleanError
 
 FAST = {"estimate": {"episodes": 8, "lr": 1.0}, "valuenet": {"max_epochs": 20, "min_examples": 5}}
 COLUMNS = ["given_label", "given_label_index", "decision", "is_label_issue", "score", "value",
-           "stderr", "mc_value", "mc_stderr", "mc_count", "suggested_label", "rank"]
+           "stderr", "mc_value", "mc_stderr", "mc_count", "suggested_label", "rank",
+           "decision_source", "reviewed_label"]
 
 
 @pytest.fixture(scope="module")

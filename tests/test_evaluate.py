@@ -68,7 +68,7 @@ def write_training_values(run: Path, rows) -> None:
             cell = "" if value is None else value
             writer.writerow([os.path.basename(path), path, name, label, decision,
                              "true" if decision == "dirty" else "false", cell, cell, 0.0, "",
-                             "", 0, "", rank])
+                             "", 0, "", rank, "computed", ""])
 
 
 def write_csv(path: Path, header, rows) -> Path:
@@ -312,7 +312,7 @@ def test_corrupt_training_values(tmp_path):
         evaluate(run, truth)
     write_training_values(run, [(str(tmp_path / "a.jpg"), 0, "cat", 1.0, "maybe")])
     with pytest.raises(TvcleanError, match=r"line 2: decision 'maybe' is not one of clean, dirty, "
-                                           r"error"):
+                                           r"relabel, error"):
         evaluate(run, truth)
     write_csv(run / "training_values.csv", ["path", "label"], [("a.jpg", 0)])
     with pytest.raises(TvcleanError, match=r"missing columns abs_path, decision, .*; re-run "

@@ -180,6 +180,10 @@ class EstimateConfig:
     checkpoint_every: int = option(10, "Episodes between checkpoints (resume points).")
     memory_budget_mb: int = option(2048, "Memory for the Gram matrix; above it, it is "
                                          "computed in blocks.")
+    use_reviews: bool = option(True, "Use the images a person reviewed (RUN/review.csv, "
+                                     "`tvclean review`) as extra validation images, and leave "
+                                     "them out of the Monte-Carlo subset: each round of review "
+                                     "improves the estimates of the images not yet reviewed.")
 
     def validate(self) -> EstimateConfig:
         _check_positive("estimate", self, "episodes", "epochs", "per_class",

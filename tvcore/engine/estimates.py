@@ -23,3 +23,5 @@ class Estimates:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     center: np.ndarray | None = None  # (D,) feature-normalisation centre; None: raw features
+    # (r,) int64 training rows a person reviewed as correctly labeled, used as validation
+    review_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

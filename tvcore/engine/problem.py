@@ -136,17 +136,30 @@ def feature_center(inputs: ValuationInputs, config: EstimateConfig) -> np.ndarra
     return fit_center(inputs.train.features, inputs.train.ok_rows)
 
 
-def monte_carlo_problem(inputs: ValuationInputs, config: EstimateConfig
+def monte_carlo_problem(inputs: ValuationInputs, config: EstimateConfig,
+                        exclude: np.ndarray | None = None,
+                        extra_val: tuple[np.ndarray, np.ndarray] | None = None
                         ) -> tuple[Subset, MonteCarloProblem, np.ndarray | None]:
-    """Select the subset and build the Monte-Carlo problem: (subset, problem, centre)."""
+    """Select the subset and build the Monte-Carlo problem: (subset, problem, centre).
+
+    exclude: training rows never drawn into the subset (e.g. reviewed images);
+    extra_val: (rows, labels) of training images known to be labeled correctly
+    (a person reviewed them), added to the validation images.
+    """
     train, val = inputs.train, inputs.val
-    subset = select_subset(train.labels, val.labels, inputs.n_classes, config, train.ok_rows,
+    eligible = train.ok_rows if exclude is None else np.setdiff1d(train.ok_rows, exclude)
+    subset = select_subset(train.labels, val.labels, inputs.n_classes, config, eligible,
                            val.ok_rows, inputs.class_names)
     center = feature_center(inputs, config)
+    val_feats = FeatureView(val.features, center)[subset.val_rows]
+    val_labels = val.labels[subset.val_rows]
+    if extra_val is not None and extra_val[0].size:
+        rows, labels = extra_val
+        val_feats = np.vstack([val_feats, FeatureView(train.features, center)[rows]])
+        val_labels = np.concatenate([val_labels, np.asarray(labels, np.int64)])
     problem = MonteCarloProblem(
         FeatureView(train.features, center)[subset.train_rows], train.labels[subset.train_rows],
-        FeatureView(val.features, center)[subset.val_rows], val.labels[subset.val_rows],
-        inputs.n_classes, config)
+        val_feats, val_labels, inputs.n_classes, config)
     return subset, problem, center
 
 

@@ -5,6 +5,7 @@
     count.npy                    int64 loss drops averaged
     history.npy                  float32 (checkpoints, n_subset) running means
     history_episodes.npy         int64 episode count at each history row
+    review_rows.npy              int64 training rows reviewed as correct, used as validation
     feature_center.npy           float64 (D,) centre of the feature normalisation (if any)
     values.csv                   the estimates with paths, for people
     meta.json                    configuration, episodes, steps, warnings, seconds
@@ -24,7 +25,8 @@ from .run import RunDir
 CENTER_FILE = "feature_center.npy"  # present when the features were normalised
 # Artifact names of the Estimates arrays (field name -> file stem).
 _FILES = {"rows": "subset", "val_rows": "val_subset", "mean": "mean", "stderr": "stderr",
-          "count": "count", "history": "history", "history_episodes": "history_episodes"}
+          "count": "count", "history": "history", "history_episodes": "history_episodes",
+          "review_rows": "review_rows"}
 
 
 def save_estimates(run: RunDir, est: Estimates, features: FeatureSet, meta: dict[str, Any]) -> None:
@@ -52,7 +54,8 @@ def load_estimates(run: str | Path | RunDir, features: FeatureSet | None = None)
     run = RunDir.of(run)
     run.require("estimates/meta.json", "estimate")
     out = run.estimates
-    arrays = {name: load_npy(out / f"{stem}.npy") for name, stem in _FILES.items()}
+    arrays = {name: load_npy(out / f"{stem}.npy") for name, stem in _FILES.items()
+              if name != "review_rows" or (out / f"{stem}.npy").exists()}
     meta = read_json(out / "meta.json")
     labels = (features or load_features(run)).train.labels
     center = load_npy(out / CENTER_FILE) if (out / CENTER_FILE).exists() else None

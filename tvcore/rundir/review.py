@@ -21,12 +21,13 @@ import io
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import TvcleanError, os_error_cause
 from .run import RunDir
+from .tables import ISSUE_DECISIONS, TrainingValues
 
 REVIEW = "review.csv"
 COLUMNS = ("time", "path", "decision", "label")
@@ -110,3 +111,36 @@ def read_reviews(run: RunDir) -> dict[str, Review]:
             raise TvcleanError(f"{target}, line {line}: decision {decision!r} is not one of "
                                f"{', '.join(REVIEW_DECISIONS)} or empty")
     return current
+
+
+def apply_reviews(table: TrainingValues, reviews: dict[str, Review]) -> int:
+    """Let the reviewed decisions override the computed ones in `table` (in place).
+
+    clean: kept under its given label; dirty: discarded; relabel: kept under
+    the reviewed label. Unreadable images keep "error". Returns how many
+    reviews name no image of the table (the data changed since).
+    """
+    rows = {path: i for i, path in enumerate(table.path)}
+    unknown = 0
+    for path, review in reviews.items():
+        i = rows.get(path)
+        if i is None:
+            unknown += 1
+            continue
+        if table.decision[i] == "error":
+            continue
+        relabel = review.decision == "relabel" and review.label != table.given_label[i]
+        decision = "relabel" if relabel else ("dirty" if review.decision == "dirty" else "clean")
+        table.decision[i] = decision
+        table.is_label_issue[i] = decision in ISSUE_DECISIONS
+        table.decision_source[i] = "reviewed"
+        table.reviewed_label[i] = review.label if decision != "dirty" else ""
+    return unknown
+
+
+def final_label(table: TrainingValues, i: int) -> str:
+    """The class an image is kept under: the reviewed label, else for a computed
+    relabel the suggested one, else the given one."""
+    if table.decision[i] == "relabel":
+        return table.reviewed_label[i] or table.suggested_label[i]
+    return table.given_label[i]

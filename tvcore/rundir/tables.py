@@ -10,8 +10,9 @@ features/<split>_index.csv, one row per image of the split (row i = row i of
 training_values.csv, one row per training image (the index's rows, in order):
     path, abs_path      as above
     given_label         class name;  given_label_index: its index
-    decision            "clean", "dirty" or "error" (unreadable)
-    is_label_issue      decision == "dirty"
+    decision            "clean", "dirty" (discarded), "relabel" (kept under another class:
+                        reviewed_label) or "error" (unreadable)
+    is_label_issue      the given label is wrong: decision "dirty" or "relabel"
     score               the number the decision compares with the threshold
                         (value + confidence_z x stderr); blank where unreadable
     value               training-value used: the image's own Monte-Carlo estimate or its
@@ -22,6 +23,8 @@ training_values.csv, one row per training image (the index's rows, in order):
     suggested_label     the class whose value net values the image most, where that value
                         clears the threshold ("" otherwise)
     rank                1 = most likely mislabeled (lowest score); unreadable images last
+    decision_source     "computed", or "reviewed" where RUN/review.csv decided
+    reviewed_label      the class a person gave the image ("" where none)
 
 `TrainingValues.frame()` gives the same columns as a pandas DataFrame, as
 `tvcore.find_label_issues` does for arrays.
@@ -41,12 +44,14 @@ import numpy as np
 from ..atomicfile import atomic_write_csv
 from ..errors import TvcleanError, one_line
 
-DECISIONS = ("clean", "dirty", "error")
-ISSUE_DECISIONS = ("dirty",)
+DECISIONS = ("clean", "dirty", "relabel", "error")
+ISSUE_DECISIONS = ("dirty", "relabel")
+SOURCES = ("computed", "reviewed")
 INDEX_COLUMNS = ("path", "abs_path", "label", "label_index", "status", "error")
 TRAINING_VALUES_COLUMNS = (
     "path", "abs_path", "given_label", "given_label_index", "decision", "is_label_issue",
-    "score", "value", "stderr", "mc_value", "mc_stderr", "mc_count", "suggested_label", "rank")
+    "score", "value", "stderr", "mc_value", "mc_stderr", "mc_count", "suggested_label", "rank",
+    "decision_source", "reviewed_label")
 
 
 # --- feature index -------------------------------------------------------------------------
@@ -126,6 +131,8 @@ class TrainingValues:
     mc_count: np.ndarray  # int64, 0 outside the subset
     suggested_label: list[str]
     rank: np.ndarray  # int64, 1 = most likely mislabeled
+    decision_source: list[str]  # "computed" or "reviewed"
+    reviewed_label: list[str]
 
     def __len__(self) -> int:
         return len(self.path)
@@ -156,7 +163,7 @@ def write_training_values(path: Path, table: TrainingValues) -> None:
                    "true" if table.is_label_issue[i] else "false", _number(table.score[i]),
                    _number(table.value[i]), _number(table.stderr[i]), _number(table.mc_value[i]),
                    _number(table.mc_stderr[i]), int(table.mc_count[i]), table.suggested_label[i],
-                   int(table.rank[i]))
+                   int(table.rank[i]), table.decision_source[i], table.reviewed_label[i])
 
     atomic_write_csv(path, TRAINING_VALUES_COLUMNS, rows())
 
@@ -187,7 +194,8 @@ def read_training_values(path: Path) -> TrainingValues:
         mc_value=np.array(parsed["mc_value"], np.float64),
         mc_stderr=np.array(parsed["mc_stderr"], np.float64),
         mc_count=np.array(parsed["mc_count"], np.int64),
-        suggested_label=parsed["suggested_label"], rank=np.array(parsed["rank"], np.int64))
+        suggested_label=parsed["suggested_label"], rank=np.array(parsed["rank"], np.int64),
+        decision_source=parsed["decision_source"], reviewed_label=parsed["reviewed_label"])
 
 
 def _bad(path: Path, line: int, column: str, text: str, what: str) -> TvcleanError:
@@ -227,11 +235,18 @@ def _text(text: str, path: Path, line: int, column: str) -> str:
     return text
 
 
+def _source(text: str, path: Path, line: int, column: str) -> str:
+    if text not in SOURCES:
+        raise _bad(path, line, column, text, f"one of {', '.join(SOURCES)}")
+    return text
+
+
 _PARSERS = {
     "given_label_index": _int, "mc_count": _int, "rank": _int, "is_label_issue": _bool,
     "score": _float, "value": _float, "stderr": _float, "mc_value": _float,
     "mc_stderr": _float, "decision": _decision, "path": _text, "abs_path": _text,
-    "given_label": _text, "suggested_label": _text,
+    "given_label": _text, "suggested_label": _text, "decision_source": _source,
+    "reviewed_label": _text,
 }
 
 
@@ -254,4 +269,4 @@ def training_values_table(labels: np.ndarray, class_names: Sequence[str], scored
         score=scored.scores, value=scored.values, stderr=scored.stderr, mc_value=mc_value,
         mc_stderr=mc_stderr, mc_count=mc_count,
         suggested_label=[names[s] if s >= 0 else "" for s in scored.suggested],
-        rank=ranks(scored.scores))
+        rank=ranks(scored.scores), decision_source=["computed"] * n, reviewed_label=[""] * n)

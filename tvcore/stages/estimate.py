@@ -25,12 +25,15 @@ from ..engine.estimates import Estimates
 from ..engine.problem import from_feature_set, monte_carlo_problem
 from ..errors import TvcleanError
 from ..progress import Progress
-from ..rundir import RunDir, load_features
+from ..rundir import FeatureSet, RunDir, load_features
 from ..rundir.estimates import save_estimates
 from ..rundir.features import check_inputs_outside
+from ..rundir.review import read_reviews
 
 # Changing these does not change the values, so a checkpoint stays valid.
-_RESUMABLE_OPTIONS = ("episodes", "threads", "checkpoint_every", "memory_budget_mb")
+# (use_reviews changes the problem's arrays, which the fingerprint covers.)
+_RESUMABLE_OPTIONS = ("episodes", "threads", "checkpoint_every", "memory_budget_mb",
+                      "use_reviews")
 
 
 def _fingerprint(config: EstimateConfig, problem: montecarlo.MonteCarloProblem,
@@ -81,6 +84,29 @@ class _Checkpoint:
                         **acc.state())
 
 
+def reviewed_rows(run: RunDir, features: FeatureSet
+                  ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """(every reviewed training row, (rows, labels) of those a person says are labeled
+    correctly: kept or relabelled) from RUN/review.csv; (None, None) without reviews."""
+    reviews = read_reviews(run)
+    if not reviews:
+        return None, None
+    train, index = features.train, {name: k for k, name in enumerate(features.class_names)}
+    rows = {path: i for i, path in enumerate(train.given)}
+    reviewed, correct, labels = [], [], []
+    for path, review in reviews.items():
+        i = rows.get(path)
+        if i is None or not train.ok[i]:
+            continue
+        reviewed.append(i)
+        if review.decision in ("clean", "relabel"):
+            correct.append(i)
+            labels.append(index.get(review.label, int(train.labels[i])))
+    order = np.argsort(correct, kind="stable")
+    return (np.array(sorted(reviewed), np.int64),
+            (np.array(correct, np.int64)[order], np.array(labels, np.int64)[order]))
+
+
 def estimate(run: str | Path | RunDir,
              config: Config | Mapping[str, Mapping[str, Any]] | None = None,
              progress: bool | None = None, cluster: Any = None) -> Estimates:
@@ -106,12 +132,12 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
     threads = set_numba_threads(config.threads)
     features = load_features(run)
     inputs = from_feature_set(features)
+    exclude, extra = reviewed_rows(run, features) if config.use_reviews else (None, None)
+    problem_config = config
     if cluster is not None:
         from . import estimate_cluster
-        subset, problem, center = monte_carlo_problem(inputs,
-                                                      estimate_cluster.driver_config(config))
-    else:
-        subset, problem, center = monte_carlo_problem(inputs, config)
+        problem_config = estimate_cluster.driver_config(config)
+    subset, problem, center = monte_carlo_problem(inputs, problem_config, exclude, extra)
     checkpoint = _Checkpoint(run, _fingerprint(config, problem, subset))
     acc = checkpoint.load(config.episodes)
     resumed_from = acc.episodes if acc else 0
@@ -135,12 +161,15 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
         stderr=acc.stderr, count=acc.count, val_rows=subset.val_rows, episodes=acc.episodes,
         history=np.array(checkpoint.history, np.float32).reshape(-1, problem.n_sub),
         history_episodes=np.array(checkpoint.history_episodes, np.int64),
-        warnings=subset.warnings, seconds=seconds, center=center)
+        warnings=subset.warnings, seconds=seconds, center=center,
+        review_rows=extra[0] if extra is not None else np.zeros(0, np.int64))
     save_estimates(run, result, features, {"config": vars(config), "threads": threads,
                                            "resumed_from": resumed_from})
     run.save_config(full, ["estimate"])
+    reviewed = f" ({result.review_rows.size} of them reviewed training images)" \
+        if result.review_rows.size else ""
     run.log(f"estimate: {result.episodes} episodes x {problem.n_sub} examples, "
-            f"{problem.n_val} validation, {config.head} head, {seconds:.2f}s"
+            f"{problem.n_val} validation{reviewed}, {config.head} head, {seconds:.2f}s"
             + (f" (resumed at episode {resumed_from})" if resumed_from else ""))
     run.record_stage("estimate", seconds, episodes=result.episodes)
     return result

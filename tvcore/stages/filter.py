@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..engine.decisions import Scored, fit_class_valuenets, score_training_set
+from ..engine.decisions import fit_class_valuenets, score_training_set
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
 from ..rundir.features import check_inputs_outside
+from ..rundir.review import apply_reviews, final_label, read_reviews, review_path
 from ..rundir.splitdata import placements, relative_name, write_split_dataset
 from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, write_training_values
 
@@ -115,8 +116,13 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
                                 full.filter)
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
+    reviews = read_reviews(run)
+    unknown = apply_reviews(table, reviews)
+    if unknown:
+        warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
+                        f"this run's training set; they were ignored")
     write_training_values(run.training_values, table)
-    split = write_split_dataset(run, _placements(features, scored, full.filter.prefix_values),
+    split = write_split_dataset(run, _placements(features, table, full.filter.prefix_values),
                                 full.filter.output, progress)
     if split.foreign:
         warnings.append(f"{len(split.foreign)} file(s) in {run.root} that tvclean did not "
@@ -128,23 +134,28 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     for warning in warnings:
         run.log(f"filter: warning: {warning}")
     run.log(f"filter: {result.counts['clean']} clean, {result.counts['dirty']} dirty, "
-            f"{result.counts['error']} unreadable (threshold {full.filter.threshold}, "
+            f"{result.counts['relabel']} relabelled, {result.counts['error']} unreadable, "
+            f"{sum(s == 'reviewed' for s in table.decision_source)} reviewed (threshold "
+            f"{full.filter.threshold}, "
             f"output {full.filter.output}), {result.seconds:.2f}s")
     run.record_stage("filter", result.seconds, **result.counts)
     return result
 
 
-def _placements(features: FeatureSet, scored: Scored, prefix_values: bool):
+def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool):
+    """Where every image goes: clean/ or dirty/, under its final class (a relabelled image
+    under its new one), at its path below its class folder."""
     roots = [r for r in (features.meta.get("train_root"),) if r]
-    names = []
+    names, folders, classes = [], [], []
     for i, path in enumerate(features.train.paths):
-        name = relative_name(path, features.class_names[features.train.labels[i]], roots)
-        if prefix_values and not np.isnan(scored.scores[i]):
+        name = relative_name(path, table.given_label[i], roots)
+        if prefix_values and not np.isnan(table.score[i]):
             head, _, leaf = name.rpartition("/")
-            name = (head + "/" if head else "") + f"{scored.scores[i]:+.6e}_{leaf}"
+            name = (head + "/" if head else "") + f"{table.score[i]:+.6e}_{leaf}"
         names.append(name)
-    classes = [features.class_names[y] for y in features.train.labels]
-    return placements(features.train.paths, [str(d) for d in scored.decisions], classes, names)
+        folders.append("clean" if table.decision[i] == "relabel" else table.decision[i])
+        classes.append(final_label(table, i))
+    return placements(features.train.paths, folders, classes, names)
 
 
 def load_training_values(run: str | Path | RunDir) -> Any:

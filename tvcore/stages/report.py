@@ -33,12 +33,12 @@ from ..progress import Progress
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_training_values
 from ..rundir.estimates import estimate_meta
 from ..rundir.features import check_inputs_outside
+from ..rundir.tables import DECISIONS
 
 THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
 PNG_LIMIT = 8192  # thumbnails larger than this as PNG are embedded as JPEG
 CLEAN_COLOUR, DIRTY_COLOUR = "#2e9d52", "#d6453d"
-DECISIONS = ("clean", "dirty", "error")
 
 
 @dataclass
@@ -157,7 +157,7 @@ def summary_section(data: ReportData, config: ReportConfig) -> Section:
 
 
 def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
-    readable = sum(c["clean"] + c["dirty"] for c in counts)
+    readable = sum(c["clean"] + c["dirty"] + c["relabel"] for c in counts)
     dirty = sum(c["dirty"] for c in counts)
     unreadable = sum(c["error"] for c in counts)
     model = data.features.meta.get("model", {})
@@ -207,7 +207,7 @@ def _model_text(model: dict, dim: int) -> str:
 
 
 def _class_row(c: dict) -> str:
-    readable = c["clean"] + c["dirty"]
+    readable = c["clean"] + c["dirty"] + c["relabel"]
     median = "n/a" if math.isnan(c["median_value"]) else f"{c['median_value']:+.3e}"
     cells = (_e(c["class_name"]), c["images"], c["clean"], c["dirty"],
              _percent(c["dirty"], readable), c["error"], c["mc_estimates"], median)
