@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,9 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except TvcleanError as exc:
             raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # the reader of our output went away (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except OSError as exc:
             raise click.ClickException(os_error_message(exc)) from None
         except KeyboardInterrupt:

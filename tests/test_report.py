@@ -30,6 +30,7 @@ from tvcore.stages.report import (
     embedding_rows,
     extreme_rows,
     load_report_data,
+    plain,
     rank_convergence,
     thumbnail_uri,
     tsne_2d,
@@ -119,6 +120,10 @@ def test_plots_are_embedded_and_written(report):
         assert min(pixels.shape) >= 250 and pixels.std() > 10, alt
 
 
+def section(page: str, anchor: str) -> str:
+    return page.split(f'<section id="{anchor}">')[1].split("</section>")[0]
+
+
 def _grid(page: str, label: int, kind: str) -> str:
     return page.split(f'data-class="{label}" data-kind="{kind}">')[1].split("<h4>")[0]
 
@@ -136,18 +141,20 @@ def test_thumbnails_are_the_extreme_images(report):
                                                              mine[:THUMBNAILS]]
         assert _grid_paths(report.html, label, "highest") == [r["abs_path"] for r in
                                                               mine[::-1][:THUMBNAILS]]
-    assert report.html.count('<figure class="thumb') == 2 * THUMBNAILS * len(CLASSES)
+    assert section(report.html, "thumbnails").count('<figure class="thumb') == \
+        2 * THUMBNAILS * len(CLASSES)
     lowest = float(min((r for r in report.rows if r["given_label"] == "cat"
                         and not np.isnan(r["score"])),
                        key=lambda r: float(r["score"]))["score"])
-    assert f"{lowest:+.2e}<br>" in _grid(report.html, 0, "lowest")
+    assert f'<div class="score">{plain(lowest)} &plusmn; ' in _grid(report.html, 0, "lowest")
 
 
 def test_missing_and_corrupt_images_get_placeholders(report):
     assert _grid(report.html, 0, "lowest").count('class="placeholder"') == 1
     assert _grid(report.html, 0, "highest").count('class="placeholder"') == 1
-    assert report.html.count('class="placeholder"') == 2
-    assert report.html.count("data:image/png;base64,") == 3 + 2 * THUMBNAILS * 3 - 2
+    thumbs = section(report.html, "thumbnails")
+    assert thumbs.count('class="placeholder"') == 2
+    assert thumbs.count("data:image/png;base64,") == 2 * THUMBNAILS * 3 - 2
 
 
 def test_discarded_thumbnails_are_framed(report):
@@ -223,11 +230,11 @@ def test_thumbnail_uri(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "photo.png")
     uri = thumbnail_uri(str(tmp_path / "photo.png"))
-    assert uri.startswith("data:image/jpeg;base64,") and _decode(uri).size == (96, 64)
+    assert uri.startswith("data:image/jpeg;base64,") and _decode(uri).size == (112, 75)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees when shown
     Image.fromarray(noise).save(tmp_path / "rotated.jpg", exif=exif)
-    assert _decode(thumbnail_uri(str(tmp_path / "rotated.jpg"))).size == (64, 96)
+    assert _decode(thumbnail_uri(str(tmp_path / "rotated.jpg"))).size == (75, 112)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
     assert thumbnail_uri(str(tmp_path / "broken.png")) is None
     assert thumbnail_uri(str(tmp_path / "missing.png")) is None
@@ -265,7 +272,7 @@ def test_cli_report(report, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(report.path) and opened == [str(report.path)]
     page = report.path.read_text(encoding="utf-8")
-    assert page.count('<figure class="thumb') == 2 * 2 * len(CLASSES)
+    assert section(page, "thumbnails").count('<figure class="thumb') == 2 * 2 * len(CLASSES)
     assert "t-SNE of the features of 50 training images" in page
 
 
@@ -311,3 +318,39 @@ def test_evaluation_is_saved_and_shown(tmp_path):
     filter_run(run, Config(filter=FilterConfig(output="none", threshold=1.0)), progress=False)
     stale = write_report(run, {"report": {"embedding_sample": 50, "thumbnails": 2}}).read_text()
     assert "Against the truth" not in stale  # decisions changed since the evaluation
+
+
+def test_borderline_and_unreadable_sections(report):
+    border = section(report.html, "borderline")
+    shown = re.findall(r'<figure class="thumb \w+[^"]*" title="([^"]*)"', border)
+    assert len(shown) == 3 * THUMBNAILS
+    data = load_report_data(report.run)
+    margin = {p: abs(v) / s for p, v, s in zip(data.paths, data.values, data.table.stderr)
+              if np.isfinite(v)}
+    margins = [margin[html.unescape(p)] for p in shown]
+    assert margins == sorted(margins) and margins[-1] <= np.quantile(list(margin.values()), 0.2)
+    unreadable = section(report.html, "unreadable")
+    assert "1 image file(s) could not be used" in unreadable
+    assert "cannot identify image file" in unreadable and "img00007.png" in unreadable
+
+
+def test_captions_show_given_and_suggested_labels_in_plain_numbers(report):
+    assert not re.search(r"\de[-+]\d\d", section(report.html, "thumbnails"))  # no exponents
+    rows = {r["abs_path"]: r for r in report.rows}
+    figures = re.findall(r'<figure class="thumb [^"]*" title="([^"]*)">.*?'
+                         r'<div class="labels">(.*?)</div>', report.html)
+    with_suggestion = 0
+    for title, labels in figures:
+        row = rows[html.unescape(title)]
+        expected = html.escape(row["given_label"])
+        if row["suggested_label"]:
+            expected += f' &rarr; {html.escape(row["suggested_label"])}'
+            with_suggestion += 1
+        assert labels == expected
+    assert len(figures) > 20 and with_suggestion > 0
+
+
+def test_plain_numbers():
+    assert plain(0.09734) == "+0.0973" and plain(-0.001234) == "-0.00123"
+    assert plain(12.5) == "+12.5" and plain(0.0) == "0" and plain(float("nan")) == "n/a"
+    assert plain(0.0157, signed=False) == "0.0157" and plain(3e-7) == "+0.000000300"

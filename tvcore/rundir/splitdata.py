@@ -87,7 +87,7 @@ def write_split_dataset(run: RunDir, items: Sequence[Placement], mode: str,
     staging = run.own / "staging"
     _remove_own_tree(staging)
     placed = _build(staging, items, mode, progress) if mode != "none" else {d: {} for d in FOLDERS}
-    earlier = _recorded(record)
+    earlier = _recorded(record) if record else _earlier_copies(run, items)
     # Written first: a crash during the swap leaves both the old and the new files on record.
     atomic_write_json(run.own / RECORD, {"fingerprint": None, "files": {
         d: {**earlier[d], **placed[d]} for d in FOLDERS}})
@@ -114,6 +114,38 @@ def _read_record(run: RunDir) -> dict:
 def _recorded(record: dict) -> dict[str, dict[str, str]]:
     files = record.get("files", {})
     return {d: dict(files.get(d, {})) if isinstance(files.get(d), dict) else {} for d in FOLDERS}
+
+
+def _earlier_copies(run: RunDir, items: Sequence[Placement]) -> dict[str, dict[str, str]]:
+    """Without a record (a split written by an older tvclean): the files in clean/ and
+    dirty/ that are provably what tvclean would have placed there: a copy with the same
+    bytes, a hard link to, or a symbolic link at, the image whose name they bear."""
+    sources = {_safe_relative(i.class_name, i.name): Path(i.source) for i in items}
+    found: dict[str, dict[str, str]] = {d: {} for d in FOLDERS}
+    for folder in FOLDERS:
+        root = run.root / folder
+        if not root.is_dir() or root.is_symlink():
+            continue
+        for relative in _files_below(root):
+            source = sources.get(relative)
+            if source is not None and _same_image(root / relative, source):
+                found[folder][relative] = _signature(root / relative)
+    return found
+
+
+def _same_image(placed: Path, source: Path) -> bool:
+    try:
+        if placed.is_symlink():
+            return os.readlink(placed) == str(source.resolve())
+        if os.path.samefile(placed, source):
+            return True
+        if placed.stat().st_size != source.stat().st_size:
+            return False
+        with open(placed, "rb") as a, open(source, "rb") as b:
+            return all(x == y for x, y in zip(iter(lambda: a.read(1 << 16), b""),
+                                               iter(lambda: b.read(1 << 16), b"")))
+    except OSError:
+        return False
 
 
 def _signature(path: Path) -> str:

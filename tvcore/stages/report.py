@@ -33,9 +33,9 @@ from ..progress import Progress
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_training_values
 from ..rundir.estimates import estimate_meta
 from ..rundir.features import check_inputs_outside
-from ..rundir.tables import DECISIONS
+from ..rundir.tables import DECISIONS, TrainingValues
 
-THUMBNAIL_PIXELS = 96  # longest side of a thumbnail
+THUMBNAIL_PIXELS = 112  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
 PNG_LIMIT = 8192  # thumbnails larger than this as PNG are embedded as JPEG
 CLEAN_COLOUR, DIRTY_COLOUR = "#2e9d52", "#d6453d"
@@ -49,11 +49,12 @@ class ReportData:
     features: FeatureSet
     estimates: Estimates
     estimate_meta: dict
-    values: np.ndarray  # (n,) float64 decision score (older runs: value), NaN where unreadable
-    decisions: np.ndarray  # (n,) str: "clean", "dirty" or "error"
+    values: np.ndarray  # (n,) float64 decision score, NaN where unreadable
+    decisions: np.ndarray  # (n,) str: "clean", "dirty", "relabel" or "error"
     labels: np.ndarray  # (n,) int64 given label
-    paths: list[str]
-    suggested: list[str]  # suggested class name of dirty images, "" if none
+    paths: list[str]  # absolute
+    suggested: list[str]  # suggested class name, "" if none
+    table: TrainingValues
     threshold: float
     timings: dict[str, float]
 
@@ -91,8 +92,8 @@ def write_report(run: str | Path | RunDir,
 def _write_report(run: RunDir, config: ReportConfig, progress: bool | None) -> Path:
     started = time.perf_counter()
     data = load_report_data(run)
-    builders = (summary_section, histogram_section, embedding_section, thumbnail_section,
-                convergence_section)
+    builders = (summary_section, histogram_section, borderline_section, embedding_section,
+                thumbnail_section, unreadable_section, convergence_section)
     sections = []
     with Progress(len(builders), "report: sections", enabled=progress) as bar:
         for build in builders:
@@ -122,7 +123,7 @@ def load_report_data(run: RunDir) -> ReportData:
         run=run, features=features, estimates=estimates,
         estimate_meta=estimate_meta(run), values=table.score,
         decisions=np.array(table.decision), labels=features.train.labels,
-        paths=table.abs_path, suggested=table.suggested_label,
+        paths=table.abs_path, suggested=table.suggested_label, table=table,
         threshold=run.resolve().filter.threshold,
         timings={stage: float(record["seconds"])
                  for stage, record in run.stage_records().items()})
@@ -169,6 +170,10 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
         ("Classes", str(len(data.class_names))),
         ("Discarded", f'<span id="discarded">{dirty}</span> of {readable} '
                       f"({_percent(dirty, readable)})"),
+        ("Relabelled, reviewed", f"{sum(c['relabel'] for c in counts)} relabelled; "
+                                 f"{data.table.decision_source.count('reviewed')} decided by a "
+                                 f"person (RUN/review.csv)"),
+        ("To check the decisions", f"<code>tvclean review {_e(str(data.run.root))}</code>"),
         ("Threshold", _e(f"{data.threshold:g}")),
         ("Feature model", _e(_model_text(model, data.features.dim))),
         ("Monte-Carlo", _e(f"{data.estimates.episodes} episodes, subset of "
@@ -208,7 +213,7 @@ def _model_text(model: dict, dim: int) -> str:
 
 def _class_row(c: dict) -> str:
     readable = c["clean"] + c["dirty"] + c["relabel"]
-    median = "n/a" if math.isnan(c["median_value"]) else f"{c['median_value']:+.3e}"
+    median = plain(c["median_value"])
     cells = (_e(c["class_name"]), c["images"], c["clean"], c["dirty"],
              _percent(c["dirty"], readable), c["error"], c["mc_estimates"], median)
     return '<tr class="class-row">' + "".join(f"<td>{v}</td>" for v in cells) + "</tr>"
@@ -344,16 +349,55 @@ def embedding_section(data: ReportData, config: ReportConfig) -> Section:
         return Section("embedding", "Feature map (t-SNE)",
                        f"<p>Too few readable images ({rows.size}) for a map.</p>")
     xy = tsne_2d(data.features.train.features[rows])
-    fig = _new_figure(10, 7.5)
-    ax = fig.subplots()
-    _scatter_classes(ax, data, rows, xy)
+    n = len(data.class_names)
+    if n <= PANELS_UP_TO:
+        columns = min(5, n)
+        lines = -(-n // columns)
+        fig = _new_figure(2.7 * columns, 2.7 * lines + 0.4)
+        axes = np.atleast_1d(fig.subplots(lines, columns)).ravel()
+        for k, ax in enumerate(axes):
+            if k < n:
+                _class_panel(ax, data, rows, xy, k)
+            else:
+                ax.axis("off")
+        how = ("one panel per given class: its kept images in colour, its discarded ones "
+               "red (relabelled ones orange), every other image light grey")
+    else:
+        fig = _new_figure(10, 7.5)
+        _scatter_classes(fig.subplots(), data, rows, xy)
+        how = "coloured by given class; discarded images are drawn as crosses"
     fig.tight_layout()
     dirty = int(np.sum(data.decisions[rows] == "dirty"))
     body = (f"<p>t-SNE of the features of {rows.size} training images (a seeded sample of at "
-            f"most {config.embedding_sample}), coloured by given class; the {dirty} discarded "
-            f"images among them are drawn as crosses.</p>"
+            f"most {config.embedding_sample}, {dirty} of them discarded), {how}. Images that "
+            f"look alike lie close together: a red point among a class's colour is an image "
+            f"whose features resemble its class, one inside another class's cloud resembles "
+            f"that class.</p>"
             + _figure_html(data, "embedding.png", _png(fig), "t-SNE map of the features"))
     return Section("embedding", "Feature map (t-SNE)", body)
+
+
+PANELS_UP_TO = 20  # classes up to which the map is one small panel per class
+RELABEL_COLOUR = "#e08a1e"
+
+
+def _class_panel(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray, k: int) -> None:
+    labels, decisions = data.labels[rows], data.decisions[rows]
+    mine = labels == k
+    ax.scatter(xy[~mine, 0], xy[~mine, 1], s=3, color="#d5d9de", linewidths=0)
+    colour = _class_colours(len(data.class_names))[k]
+    for kind, style in (("clean", dict(s=9, color=colour)),
+                        ("relabel", dict(s=16, color=RELABEL_COLOUR, edgecolors="black",
+                                         linewidths=0.3)),
+                        ("dirty", dict(s=16, color=DIRTY_COLOUR, edgecolors="black",
+                                       linewidths=0.3))):
+        chosen = mine & (decisions == kind)
+        ax.scatter(xy[chosen, 0], xy[chosen, 1], **style)
+    dropped = int(np.sum(mine & (decisions == "dirty")))
+    ax.set_title(f"{_plot_text(data.class_names[k])}: {int(mine.sum())} shown, {dropped} "
+                 f"discarded", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _scatter_classes(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray) -> None:
@@ -480,6 +524,51 @@ def _encode_thumbnail(image: Image.Image) -> str:
     return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
+def borderline_rows(data: ReportData, count: int) -> np.ndarray:
+    """The `count` readable, not yet reviewed images nearest the threshold relative to their
+    uncertainty (smallest |score - threshold| / stderr), most uncertain first."""
+    table = data.table
+    open_ = np.isfinite(data.values) & (np.array(table.decision_source) != "reviewed")
+    rows = np.flatnonzero(open_)
+    margin = np.abs(data.values[rows] - data.threshold) / np.maximum(
+        np.nan_to_num(table.stderr[rows], nan=0.0), 1e-12)
+    return rows[np.argsort(margin, kind="stable")[:count]]
+
+
+def borderline_section(data: ReportData, config: ReportConfig) -> Section:
+    rows = borderline_rows(data, 3 * config.thumbnails)
+    body = (f"<p>The {rows.size} images whose decision is least certain: nearest the threshold "
+            f"({_e(plain(data.threshold))}) for their standard error. These are the ones worth a "
+            f"person's look: <code>tvclean review {_e(str(data.run.root))}</code> shows them "
+            f"first, and every image you confirm or correct there becomes a validation image "
+            f"for the next <code>tvclean estimate</code>.</p>"
+            + _grid(data, rows, -1, "borderline", "Most uncertain first"))
+    return Section("borderline", "Borderline images", body)
+
+
+UNREADABLE_SHOWN = 200
+
+
+def unreadable_section(data: ReportData, config: ReportConfig) -> Section:
+    rows = []
+    for split in ("train", "val"):
+        part = getattr(data.features, split)
+        for i in np.flatnonzero(~part.ok):
+            rows.append((split, part.paths[i], part.errors[i] if part.errors else ""))
+    if not rows:
+        return Section("unreadable", "Unreadable files", "<p>Every image could be read.</p>")
+    cells = "".join(f"<tr><td>{_e(s)}</td><td>{_e(p)}</td><td>{_e(e)}</td></tr>"
+                    for s, p, e in rows[:UNREADABLE_SHOWN])
+    more = (f"<p>... and {len(rows) - UNREADABLE_SHOWN} more: see "
+            f"features/train_index.csv and val_index.csv (status error).</p>"
+            if len(rows) > UNREADABLE_SHOWN else "")
+    body = (f"<p>{len(rows)} image file(s) could not be used; they were skipped (decision "
+            f"<code>error</code>) and your files were not changed.</p>"
+            f'<table class="unreadable"><thead><tr><th>Split</th><th>File</th><th>Why</th>'
+            f"</tr></thead><tbody>{cells}</tbody></table>{more}")
+    return Section("unreadable", "Unreadable files", body)
+
+
 def thumbnail_section(data: ReportData, config: ReportConfig) -> Section:
     blocks = []
     for label, name in enumerate(data.class_names):
@@ -488,8 +577,10 @@ def thumbnail_section(data: ReportData, config: ReportConfig) -> Section:
                       + _grid(data, low, label, "lowest", "Most negative")
                       + _grid(data, high, label, "highest", "Most positive") + "</div>")
     body = (f"<p>The {config.thumbnails} lowest- and highest-valued images of each class "
-            f"(by decision score). A red frame marks a discarded image; hover for "
-            f"the full path.</p>" + "".join(blocks))
+            f"(by decision score &plusmn; its standard error), with the given label and, after "
+            f"the arrow, the suggested (or reviewed) one. A red frame marks a discarded image, "
+            f"an orange one a relabelled image; hover for the full path.</p>"
+            + "".join(blocks))
     return Section("thumbnails", "Most negative and most positive images", body)
 
 
@@ -500,14 +591,29 @@ def _grid(data: ReportData, rows: np.ndarray, label: int, kind: str, heading: st
 
 
 def _thumbnail(data: ReportData, row: int) -> str:
+    table = data.table
     path, decision = data.paths[row], data.decisions[row]
     uri = thumbnail_uri(path)
     picture = (f'<img src="{uri}" alt="">' if uri else
                '<div class="placeholder">unreadable</div>')
-    tip = path + (f"\nsuggested label: {data.suggested[row]}" if data.suggested[row] else "")
-    return (f'<figure class="thumb {decision}" title="{_e(tip)}">{picture}'
-            f"<figcaption>{data.values[row]:+.2e}<br><span>{_e(Path(path).name)}</span>"
-            f"</figcaption></figure>")
+    given, other = table.given_label[row], table.reviewed_label[row] or table.suggested_label[row]
+    labels = _e(given) + (f' &rarr; {_e(other)}' if other and other != given else "")
+    reviewed = " reviewed" if table.decision_source[row] == "reviewed" else ""
+    return (f'<figure class="thumb {decision}{reviewed}" title="{_e(path)}">{picture}'
+            f'<figcaption><div class="labels">{labels}</div>'
+            f'<div class="score">{plain(data.values[row])} &plusmn; '
+            f'{plain(table.stderr[row], signed=False)}</div>'
+            f"<span>{_e(Path(path).name)}</span></figcaption></figure>")
+
+
+def plain(value: float, digits: int = 3, signed: bool = True) -> str:
+    """A number with `digits` significant digits and never an exponent: +0.0973, -0.00123."""
+    if not np.isfinite(value):
+        return "n/a"
+    if value == 0:
+        return "0"
+    decimals = max(0, digits - 1 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:{'+' if signed else ''}.{min(decimals, 12)}f}"
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -535,13 +641,19 @@ table.classes td:not(:first-child) { text-align: right; font-variant-numeric: ta
 table.overview th { color: #5b6570; font-weight: 500; }
 img.plot { max-width: 100%; height: auto; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
-figure.thumb { margin: 0; width: 104px; padding: 3px; border: 3px solid #d9dde2;
+figure.thumb { margin: 0; width: 124px; padding: 3px; border: 3px solid #d9dde2;
                border-radius: 4px; background: #fafbfc; }
 figure.thumb.dirty { border-color: #d6453d; }
-figure.thumb img, .placeholder { width: 96px; height: 96px; object-fit: contain;
+figure.thumb.relabel { border-color: #e08a1e; }
+figure.thumb.reviewed { box-shadow: 0 0 0 2px #2f6fdf; }
+figcaption .labels { font-size: 12px; font-weight: 600; overflow-wrap: anywhere; }
+figcaption .score { color: #1d232a; }
+code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
+table.unreadable td { font-size: 13px; overflow-wrap: anywhere; }
+figure.thumb img, .placeholder { width: 112px; height: 112px; object-fit: contain;
                                  image-rendering: pixelated; display: block; margin: 0 auto; }
 .placeholder { background: repeating-linear-gradient(45deg, #e6e8eb 0 6px, #f3f4f6 6px 12px);
-               color: #7a838c; font-size: 11px; line-height: 96px; text-align: center; }
+               color: #7a838c; font-size: 11px; line-height: 112px; text-align: center; }
 figcaption { font-size: 11px; text-align: center; font-variant-numeric: tabular-nums; }
 figcaption span { display: block; overflow: hidden; text-overflow: ellipsis;
                   white-space: nowrap; color: #5b6570; }
