@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runfixtures import clustered_features, make_feature_run
 
 import tvcore
-from runfixtures import clustered_features, make_feature_run
 from tvclean.main import cli
 from tvcore.rundir.review import append_review
 
