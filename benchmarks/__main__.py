@@ -11,6 +11,7 @@ BENCHMARKS = {
     "finetune": "bench_finetune",
     "montecarlo": "bench_montecarlo",
     "quality": "bench_quality",
+    "review": "bench_review",
     "scale": "bench_scale",
 }
 

@@ -28,7 +28,7 @@ def cli() -> None:
 # Each module defines COMMANDS, a list of click commands or groups.
 COMMAND_MODULES: list[str] = [
     "clean_cmd", "demo_cmd", "estimate_cmd", "evaluate_cmd", "extract_cmd", "filter_cmd",
-    "finetune_cmd", "models_cmd", "report_cmd",
+    "finetune_cmd", "models_cmd", "report_cmd", "review_cmd",
 ]
 
 
