@@ -6,7 +6,19 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
+
+
+def run() -> None:
+    """The `tvclean` console command: Ctrl-C while it is still loading ends it quietly too."""
+    try:
+        from .main import main
+
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tvcore.rundir import RunDir
 from tvcore.stages.evaluate import evaluate as evaluate_run
 from tvcore.stages.evaluate import format_evaluation
 
@@ -30,6 +31,9 @@ def evaluate(run: str, truth: str, as_json: bool) -> None:
     `tvclean filter`.
     """
     result = evaluate_run(run, truth)
+    stale = RunDir(run).stale_note()
+    if stale:
+        click.echo(f"warning: {stale}", err=True)
     if as_json:
         echo_json(result.to_dict())
     else:

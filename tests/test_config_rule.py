@@ -89,7 +89,8 @@ def test_report_keeps_its_settings(run):
     invoke("filter", run.root, "--output", "none")
     invoke("report", run.root, "--thumbnails", "2", "--embedding-sample", "40")
     page = tvcore.write_report(run.root, progress=False).read_text()
-    assert page.count('<figure class="thumb') == 2 * 2 * 3
+    thumbs = page.split('<section id="thumbnails">')[1].split("</section>")[0]
+    assert thumbs.count('<figure class="thumb') == 2 * 2 * 3
     assert saved(run)["report"]["thumbnails"] == 2
 
 

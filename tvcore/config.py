@@ -290,6 +290,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+MAX_CONFIG_BYTES = 1 << 20
+
 SECTIONS = {
     "finetune": FinetuneConfig,
     "extract": ExtractConfig,
@@ -353,6 +355,9 @@ class Config:
     @classmethod
     def from_toml(cls, path: str | Path, preset: str | None = None) -> Config:
         path = Path(path)
+        if path.exists() and (not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES):
+            raise TvcleanError(f"{path}: not a configuration file (a TOML file of at most "
+                               f"{MAX_CONFIG_BYTES // 1024} KiB)")
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

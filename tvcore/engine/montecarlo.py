@@ -337,4 +337,13 @@ def estimate_values(problem: MonteCarloProblem, acc: ValueAccumulator | None = N
         acc.add(run_episodes(problem, first, min(first + block, episodes)))
         if on_block is not None:
             on_block(acc)
+    check_values_moved(acc, problem.config.lr)
     return acc
+
+
+def check_values_moved(acc: ValueAccumulator, lr: float) -> None:
+    """Fail when no step changed the validation loss at all (a learning rate so small that
+    every value is exactly 0): every image would look equally harmless."""
+    if acc.episodes and not np.any(acc.sums):
+        raise TvcleanError(f"every training-value is exactly 0: the learning rate (--lr {lr:g}) "
+                           f"is too small for a step to change the validation loss; raise it")

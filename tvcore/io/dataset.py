@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import stat
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class SplitFiles:
     labels: np.ndarray
     skipped: Counter = field(default_factory=Counter)
     given: list[str] = field(default_factory=list)
+    linked: list[Path] = field(default_factory=list)  # real paths of folders reached by a link
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,6 +70,7 @@ class Dataset:
     classes: list[str]
     train: SplitFiles
     val: SplitFiles
+    root: Path | None = None  # the folder given as TRAIN when it holds train/ and val/
 
     @property
     def splits(self) -> tuple[SplitFiles, SplitFiles]:
@@ -75,8 +78,11 @@ class Dataset:
 
     @property
     def folders(self) -> list[Path]:
-        """The class-folder roots among the sources (manifests excluded)."""
-        return [s.source for s in self.splits if not _is_manifest(s.source)]
+        """Every input folder: the class-folder roots (manifests excluded), the root given
+        for both, and the real folders that symbolic links inside them lead to."""
+        folders = [s.source for s in self.splits if not _is_manifest(s.source)]
+        folders += [self.root] if self.root is not None else []
+        return folders + [p for s in self.splits for p in s.linked]
 
     @property
     def manifests(self) -> list[Path]:
@@ -94,14 +100,17 @@ def discover(train: str | Path, val: str | Path | None = None) -> Dataset:
     when train is a root holding train/ and val/, or a manifest with a
     `split` column.
     """
+    given = Path(train)
     train, val = _split_sources(Path(train), None if val is None else Path(val))
-    train_items, train_skipped = _read_source("train", train)
-    val_items, val_skipped = _read_source("val", val)
+    train_items, train_skipped, train_links = _read_source("train", train)
+    val_items, val_skipped, val_links = _read_source("val", val)
     classes = _check_classes(train_items, train, val_items, val)
     index = {name: k for k, name in enumerate(classes)}
     dataset = Dataset(classes=classes,
-                      train=_split_files("train", train, train_items, train_skipped, index),
-                      val=_split_files("val", val, val_items, val_skipped, index))
+                      train=_split_files("train", train, train_items, train_skipped, index,
+                                         train_links),
+                      val=_split_files("val", val, val_items, val_skipped, index, val_links),
+                      root=given if train != given and given.is_dir() else None)
     check_splits_apart(dataset)
     return dataset
 
@@ -113,6 +122,9 @@ def _split_sources(train: Path, val: Path | None) -> tuple[Path, Path]:
     if val is not None:
         if not val.exists():
             raise TvcleanError(f"validation data not found: {val}")
+        if _is_manifest(train) and "split" in _header(train):
+            raise TvcleanError(f"{train} has a split column, so it lists the validation images "
+                               f"too: give it alone, without VAL ({val})")
         if os.path.realpath(train) == os.path.realpath(val) and not _is_manifest(train):
             raise TvcleanError(f"the training and validation data are the same folder ({train}); "
                                f"the validation set must be separate, correctly labeled images")
@@ -129,19 +141,29 @@ def _is_manifest(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".csv"
 
 
-def _read_source(split: str, source: Path) -> tuple[Images, Counter]:
-    """Images by class name, and counts of skipped files, from a folder or manifest."""
+def _header(manifest: Path) -> list[str]:
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            return next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # read properly (with a clear error) below
+
+
+def _read_source(split: str, source: Path) -> tuple[Images, Counter, list[Path]]:
+    """Images by class name, counts of skipped files, and the real paths of the folders
+    reached through symbolic links, from a folder or manifest."""
     if _is_manifest(source):
-        return _read_manifest(split, source)
+        return (*_read_manifest(split, source), [])
     if source.is_dir():
         return _read_folders(split, source)
     raise TvcleanError(f"{split} data must be a folder or a .csv manifest: {source}")
 
 
-def _read_folders(split: str, root: Path) -> tuple[Images, Counter]:
+def _read_folders(split: str, root: Path) -> tuple[Images, Counter, list[Path]]:
     skipped: Counter = Counter()
     images: Images = {}
     visited = {_identity(root)}
+    linked: list[Path] = []
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as exc:
@@ -152,7 +174,9 @@ def _read_folders(split: str, root: Path) -> tuple[Images, Counter]:
             skipped["hidden"] += 1
         elif entry.is_dir():
             check_class_name(entry.name, f"class folder {entry.path!r}")
-            images[entry.name] = _images_below(root, Path(entry.path), skipped, visited)
+            if entry.is_symlink():
+                linked.append(Path(os.path.realpath(entry.path)))
+            images[entry.name] = _images_below(root, Path(entry.path), skipped, visited, linked)
             if not images[entry.name]:
                 raise TvcleanError(f"class {entry.name!r} of the {split} split has no images: "
                                    f"{entry.path}")
@@ -161,7 +185,7 @@ def _read_folders(split: str, root: Path) -> tuple[Images, Counter]:
     if not images:
         raise TvcleanError(f"the {split} split has no class folders: {root}")
     _check_case_collisions(images, f"class folders of {root}")
-    return images, skipped
+    return images, skipped, linked
 
 
 def _identity(folder: Path) -> tuple[int, int]:
@@ -169,10 +193,11 @@ def _identity(folder: Path) -> tuple[int, int]:
     return info.st_dev, info.st_ino
 
 
-def _images_below(root: Path, folder: Path, skipped: Counter,
-                  visited: set[tuple[int, int]]) -> list[tuple[str, str]]:
+def _images_below(root: Path, folder: Path, skipped: Counter, visited: set[tuple[int, int]],
+                  linked: list[Path]) -> list[tuple[str, str]]:
     """(path below root, absolute path) of the image files in folder and its subfolders,
-    sorted; symbolic links to folders are followed, each real folder once."""
+    sorted; symbolic links to folders are followed, each real folder once (their real
+    paths are added to `linked`); the same file reached twice is taken once."""
     if _identity(folder) in visited:
         skipped[LOOP] += 1
         return []
@@ -181,23 +206,55 @@ def _images_below(root: Path, folder: Path, skipped: Counter,
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=_walk_error):
         keep = []
         for name in sorted(dirnames):
-            identity = _identity(Path(dirpath, name))
+            path = Path(dirpath, name)
+            identity = _identity(path)
             if name.startswith("."):
                 skipped["hidden"] += 1
+            elif _bad_name(name):
+                skipped[_bad_name(name)] += 1
             elif identity in visited:  # a link to a folder walked already (or an ancestor)
                 skipped[LOOP] += 1
             else:
                 visited.add(identity)
                 keep.append(name)
+                if path.is_symlink():
+                    linked.append(Path(os.path.realpath(path)))
         dirnames[:] = keep
         for name in filenames:
-            reason = _skip_reason(name)
+            absolute = os.path.abspath(os.path.join(dirpath, name))
+            reason = _skip_reason(name) or _bad_name(name) or _not_regular(absolute)
             if reason:
                 skipped[reason] += 1
             else:
-                absolute = os.path.abspath(os.path.join(dirpath, name))
                 found.append((os.path.relpath(absolute, os.path.abspath(root)), absolute))
-    return sorted(found, key=lambda item: item[1])
+    unique, seen = [], set()
+    for item in sorted(found, key=lambda item: item[1]):
+        real = os.path.realpath(item[1])
+        if real in seen:
+            skipped["the same file again (through a link)"] += 1
+        else:
+            seen.add(real)
+            unique.append(item)
+    return unique
+
+
+def _bad_name(name: str) -> str | None:
+    """Why a file or folder name cannot be used (written to CSV files and folders), or None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name not valid UTF-8"
+    if "\n" in name or "\r" in name:
+        return "line break in the name"
+    return None
+
+
+def _not_regular(path: str) -> str | None:
+    """A FIFO, socket or device named like an image would hang or flood the decoder."""
+    try:
+        return None if stat.S_ISREG(os.stat(path).st_mode) else "not a regular file"
+    except OSError:
+        return None  # missing or unreadable: reported when it is decoded
 
 
 def _walk_error(exc: OSError) -> None:
@@ -231,16 +288,20 @@ def _read_manifest(split: str, manifest: Path) -> tuple[Images, Counter]:
                 path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
                 if not path or not label:
                     raise TvcleanError(f"{manifest}, line {line}: empty path or label")
+                if "\0" in path or "\n" in path or "\r" in path:
+                    raise TvcleanError(f"{manifest}, line {line}: the path {path!r} holds a NUL "
+                                       f"or line-break character")
                 check_class_name(label, f"{manifest}, line {line}: label")
                 reason = _skip_reason(os.path.basename(path))
                 if reason:
                     skipped[reason] += 1
                     continue
                 absolute = os.path.abspath(manifest.parent / path)
-                if absolute in seen:
+                real = os.path.realpath(absolute)
+                if real in seen:
                     raise TvcleanError(f"{manifest}, line {line}: {path} is listed twice "
-                                       f"(also on line {seen[absolute]})")
-                seen[absolute] = line
+                                       f"(also on line {seen[real]})")
+                seen[real] = line
                 images.setdefault(label, []).append((path, absolute))
     except UnicodeDecodeError as exc:
         raise TvcleanError(f"{manifest}: not UTF-8 text ({one_line(exc)}); save the manifest "
@@ -260,11 +321,19 @@ def _row_split(row: dict, manifest: Path, line: int) -> str:
     return value
 
 
+MAX_CLASS_NAME_BYTES = 200  # a folder name, with room for tvclean's prefixes and suffixes
+
+
 def check_class_name(name: str, where: str) -> None:
     """Refuse a class name that could not be a folder of its own inside RUN/clean/."""
     why = None
-    if not name.strip():
+    if _bad_name(name) == "name not valid UTF-8":
+        why = "is not valid UTF-8"
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    elif not name.strip():
         why = "is empty"
+    elif len(name.encode("utf-8")) > MAX_CLASS_NAME_BYTES:
+        why = f"is longer than {MAX_CLASS_NAME_BYTES} bytes"
     elif "/" in name or "\\" in name:
         why = "contains a path separator"
     elif name in (".", "..") or name.startswith(".."):
@@ -283,11 +352,12 @@ def check_class_name(name: str, where: str) -> None:
 def _check_case_collisions(images: Images, where: str) -> None:
     by_fold: dict[str, list[str]] = defaultdict(list)
     for name in images:
-        by_fold[name.casefold()].append(name)
+        by_fold[unicodedata.normalize("NFC", name).casefold()].append(name)
     for names in by_fold.values():
         if len(names) > 1:
             raise TvcleanError(f"classes {', '.join(repr(n) for n in sorted(names))} in {where} "
-                               f"differ only in case; their folders would collide")
+                               f"differ only in case or Unicode form; their folders would "
+                               f"collide on many file systems")
 
 
 def _check_classes(train: Images, train_source: Path, val: Images, val_source: Path) -> list[str]:
@@ -307,7 +377,7 @@ def _check_classes(train: Images, train_source: Path, val: Images, val_source: P
 
 
 def _split_files(name: str, source: Path, images: Images, skipped: Counter,
-                 index: dict[str, int]) -> SplitFiles:
+                 index: dict[str, int], linked: list[Path]) -> SplitFiles:
     given: list[str] = []
     paths: list[str] = []
     labels: list[int] = []
@@ -316,7 +386,7 @@ def _split_files(name: str, source: Path, images: Images, skipped: Counter,
         paths.extend(a for _, a in images[class_name])
         labels.extend([index[class_name]] * len(images[class_name]))
     return SplitFiles(name=name, source=source, paths=paths, given=given,
-                      labels=np.array(labels, dtype=np.int64), skipped=skipped)
+                      labels=np.array(labels, dtype=np.int64), skipped=skipped, linked=linked)
 
 
 def check_splits_apart(dataset: Dataset) -> None:

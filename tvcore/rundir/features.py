@@ -95,7 +95,7 @@ def check_inputs_outside(run: RunDir, features: FeatureSet | None = None) -> Non
     meta = features.meta if features is not None else read_json(run.features / "meta.json")
     folders = [meta[k] for k in ("train_root", "val_root")
                if meta.get(k) and Path(meta[k]).suffix.lower() != ".csv"]
-    check_no_overlap(run.root, folders)
+    check_no_overlap(run.root, [*folders, *meta.get("input_folders", [])])
 
 
 class SplitWriter:

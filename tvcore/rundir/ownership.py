@@ -59,26 +59,65 @@ def check_run_path(root: str | Path, option: str = "-o/--run") -> Path:
     return path
 
 
-def claim(root: Path) -> None:
+# Everything tvclean writes directly below RUN (and below RUN/.tvclean): none of these may be
+# a symbolic link, or tvclean would write through it into a place it does not own.
+OWN_ENTRIES = ("features", "estimates", "valuenets", "report", "finetune", "clean", "dirty",
+               "config.toml", "log.txt", "training_values.csv", "evaluation.json", "review.csv")
+OWN_PRIVATE = (MARKER, LOCK, "split.json", "staging", "thumbnails")
+
+
+def claim(root: Path) -> bool:
     """Make sure tvclean may write root: create it (with its marker) or check its marker.
 
     A non-empty directory without a marker is refused, naming it; a run made by
-    an older tvclean (no marker, but its own artifacts) is adopted.
+    an older tvclean (no marker, but its own artifacts) is adopted. Returns
+    True when this call created the directory.
     """
     root = check_run_path(root)
+    own = root / OWN_DIR
+    if own.is_symlink() or (os.path.lexists(own) and not own.is_dir()):
+        raise TvcleanError(f"{own} is a {'symbolic link' if own.is_symlink() else 'file'} that "
+                           f"tvclean did not create; remove it (tvclean keeps its own files there)")
     if is_run_dir(root):
         read_marker(root)
-        return
+        check_own_entries(root)
+        return False
     if root.is_dir() and any(root.iterdir()) and not _legacy_run(root):
         raise TvcleanError(f"{root} is not empty and is not a tvclean run directory; choose a "
                            f"new or empty directory (tvclean never writes among other files)")
+    created = not root.exists()
     try:
-        (root / OWN_DIR).mkdir(parents=True, exist_ok=True)
+        own.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise TvcleanError(f"cannot create the run directory {root}: "
                            f"{os_error_cause(exc)}") from None
+    check_own_entries(root)
     write_marker(root, {"format": MARKER_FORMAT, "created": _now(),
                         "tvclean_version": __version__, "stages": {}})
+    return created
+
+
+def check_own_entries(root: Path) -> None:
+    """Refuse symbolic links where tvclean writes: it would write through them."""
+    for name in (*OWN_ENTRIES, *(f"{OWN_DIR}/{p}" for p in OWN_PRIVATE)):
+        if (root / name).is_symlink():
+            raise TvcleanError(f"{root / name} is a symbolic link that tvclean did not create; "
+                               f"remove it (tvclean writes {name} itself and never follows "
+                               f"links there)")
+
+
+def forget_if_unused(root: Path) -> None:
+    """Remove a run directory this command created if nothing but the marker came of it."""
+    own = root / OWN_DIR
+    try:
+        if {p.name for p in root.iterdir()} == {OWN_DIR} and \
+                {p.name for p in own.iterdir()} <= {MARKER, LOCK}:
+            for name in (MARKER, LOCK):
+                (own / name).unlink(missing_ok=True)
+            own.rmdir()
+            root.rmdir()
+    except OSError:
+        pass  # leave it: something else is there now
 
 
 def _legacy_run(root: Path) -> bool:
@@ -103,6 +142,10 @@ def read_marker(root: Path) -> dict:
     if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
         raise TvcleanError(f"{path}: not a tvclean run marker (format "
                            f"{marker.get('format') if isinstance(marker, dict) else '?'})")
+    stages = marker.setdefault("stages", {})
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+        raise TvcleanError(f"{path}: corrupt run marker (its stages are not a table); delete "
+                           f"{path} to let tvclean write it again")
     return marker
 
 
@@ -153,7 +196,7 @@ def locked(root: Path, what: str) -> Iterator[None]:
 def _acquire(root: Path, what: str) -> int:
     path = root / OWN_DIR / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
         raise TvcleanError(f"cannot open the lock {path}: {os_error_cause(exc)}") \
             from None

@@ -73,7 +73,7 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
         writer.writerow((time.strftime("%Y-%m-%dT%H:%M:%S"), path, decision, label))
         data = line.getvalue().encode("utf-8")
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             try:
                 os.write(fd, data)  # one append: whole lines only, even with other writers
                 os.fsync(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -89,10 +90,16 @@ class RunDir:
 
     @contextlib.contextmanager
     def writing(self, stage: str) -> Iterator[RunDir]:
-        """Claim the directory for tvclean (creating it) and hold its writer lock."""
-        ownership.claim(self.root)
-        with ownership.locked(self.root, f"tvclean {stage}"):
-            yield self
+        """Claim the directory for tvclean (creating it) and hold its writer lock; a
+        directory this call created is removed again if the stage fails before writing."""
+        created = ownership.claim(self.root)
+        try:
+            with ownership.locked(self.root, f"tvclean {stage}"):
+                yield self
+        except BaseException:
+            if created:
+                ownership.forget_if_unused(self.root)
+            raise
 
     def require_stages(self, *stages: str) -> None:
         """Fail naming the first of `stages` whose artifact is missing (in pipeline order)."""
@@ -109,7 +116,9 @@ class RunDir:
     def log(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
-            with open(self.log_path, "a", encoding="utf-8") as fh:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                         0o666)
+            with open(fd, "a", encoding="utf-8") as fh:
                 fh.write(f"{stamp} {message}\n")
         except OSError as exc:
             raise TvcleanError(f"cannot write {self.log_path}: {os_error_cause(exc)}") \
@@ -157,8 +166,22 @@ class RunDir:
         marker = ownership.read_marker(self.root)
         marker.setdefault("stages", {})[stage] = {
             "seconds": round(float(seconds), 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "at": time.time(),
             "tvclean_version": __version__, **details}
         ownership.write_marker(self.root, marker)
+
+    def stale_note(self) -> str:
+        """A warning when a stage's output is older than what it was made from (the
+        features or estimates changed after the decisions were made), else ""."""
+        records = self.stage_records()
+        order = ("extract", "estimate", "filter")
+        for earlier, later in zip(order, order[1:]):
+            if earlier in records and later in records and \
+                    records[earlier].get("at", 0) > records[later].get("at", 0):
+                return (f"the {earlier} stage ran after the {later} stage: the decisions are "
+                        f"out of date; run `tvclean {later}` (and the stages after it) on "
+                        f"{self.root}")
+        return ""
 
     def stage_records(self) -> dict[str, dict]:
         """{stage: {"seconds": ..., "finished": ...}} of the stages that finished in this run."""

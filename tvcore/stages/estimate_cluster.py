@@ -27,7 +27,12 @@ from ..cluster import (
 )
 from ..config import EstimateConfig
 from ..cores import set_numba_threads
-from ..engine.montecarlo import MonteCarloProblem, ValueAccumulator, run_episodes
+from ..engine.montecarlo import (
+    MonteCarloProblem,
+    ValueAccumulator,
+    check_values_moved,
+    run_episodes,
+)
 
 
 @dataclass
@@ -96,7 +101,9 @@ def estimate_values(problem: MonteCarloProblem, config: EstimateConfig, cluster:
     lost = 0
     while True:
         try:
-            return _fold_blocks(cluster, data, config, acc, block, on_block)
+            acc = _fold_blocks(cluster, data, config, acc, block, on_block)
+            check_values_moved(acc, config.lr)
+            return acc
         except LostSharedData:
             # The scattered arrays went down with workers: send them again and go on
             # from the last folded episode (blocks are deterministic, so nothing changes).

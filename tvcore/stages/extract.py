@@ -149,6 +149,11 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
                 f"{sum(s.skipped.values())} files skipped")
     run.log(f"extract: done in {seconds:.1f}s")
     run.record_stage("extract", seconds, images=summary.images)
+    for s in summary.splits.values():
+        if s.ok == 0:
+            first = s.errors[0] if s.errors else ("", "")
+            raise TvcleanError(f"no {s.name} image could be used ({s.failed} failed, e.g. "
+                               f"{first[0]}: {first[1]}); see {run.features / (s.name + '_index.csv')}")
     return summary
 
 
@@ -237,6 +242,7 @@ def _write_meta(run: RunDir, summary: ExtractSummary, dataset: Dataset, fingerpr
         "model": summary.model,
         "train_root": str(dataset.train.source.resolve()),
         "val_root": str(dataset.val.source.resolve()),
+        "input_folders": sorted({str(Path(f).resolve()) for f in dataset.folders}),
         "splits": {name: s.counts() for name, s in summary.splits.items()},
         "max_pixels": max_pixels,
         "fingerprint": fingerprint,

@@ -121,9 +121,11 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
                         f"this run's training set; they were ignored")
-    write_training_values(run.training_values, table)
+    # The split first: if it fails (a full disk, a name in the way), training_values.csv and
+    # config.toml still describe the folders as they are.
     split = write_split_dataset(run, _placements(features, table, full.filter.prefix_values),
                                 full.filter.output, progress)
+    write_training_values(run.training_values, table)
     if split.foreign:
         warnings.append(f"{len(split.foreign)} file(s) in {run.root} that tvclean did not "
                         f"create were left in place, e.g. {split.foreign[0]}")

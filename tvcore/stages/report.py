@@ -163,7 +163,9 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
     unreadable = sum(c["error"] for c in counts)
     model = data.features.meta.get("model", {})
     config = data.estimate_meta.get("config", {})
-    items = [
+    stale = data.run.stale_note()
+    items = [("Out of date", f'<span class="stale">{_e(stale)}</span>')] if stale else []
+    items += [
         ("Run", _e(str(data.run.root))),
         ("Training images", f"{len(data.paths)} ({readable} readable, {unreadable} unreadable)"),
         ("Validation images", str(int(data.features.val.ok.sum()))),
@@ -649,6 +651,7 @@ figure.thumb.reviewed { box-shadow: 0 0 0 2px #2f6fdf; }
 figcaption .labels { font-size: 12px; font-weight: 600; overflow-wrap: anywhere; }
 figcaption .score { color: #1d232a; }
 code { background: #eef1f4; padding: 1px 4px; border-radius: 3px; }
+.stale { color: #b3261e; font-weight: 600; }
 table.unreadable td { font-size: 13px; overflow-wrap: anywhere; }
 figure.thumb img, .placeholder { width: 112px; height: 112px; object-fit: contain;
                                  image-rendering: pixelated; display: block; margin: 0 auto; }
