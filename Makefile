@@ -17,7 +17,7 @@ $(VENV)/.installed: $(VENV)/.created pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.created pyproject.toml
-	$(PIP) install -q -e '.[dev,torch,dask]'
+	$(PIP) install -q -e '.[dev,torch,dask,quantize]'
 	touch $@
 
 install: $(VENV)/.installed

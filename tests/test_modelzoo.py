@@ -77,7 +77,8 @@ def test_bad_sidecar_is_a_clear_error(tmp_path, sidecar, message):
 
 
 def test_unknown_and_missing_models(tmp_path, cache):
-    with pytest.raises(TvcleanError, match=r"unknown model 'vgg16': use one of efficientnet-lite0, resnet50"):
+    with pytest.raises(TvcleanError, match=r"unknown model 'vgg16': use one of efficientnet-lite0, "
+                                           r"resnet50, efficientnet-lite0-int8, resnet50-int8, a "):
         resolve_model("vgg16")
     with pytest.raises(TvcleanError, match=r"model file not found: .*absent.onnx"):
         resolve_model(str(tmp_path / "absent.onnx"))
@@ -143,8 +144,12 @@ def test_cli_models_list_and_fetch(server, cache):
     runner = CliRunner()
     result = runner.invoke(cli, ["models", "list"])
     assert result.exit_code == 0
-    assert "efficientnet-lite0  embedded" in result.output
-    assert "resnet50            not installed" in result.output
+    lines = {line.split()[0]: line.split()[1:] for line in result.output.splitlines()
+             if not line.startswith("cache:")}
+    assert lines["efficientnet-lite0"][:4] == ["embedded", "1280-d", "224px", "fp32"]
+    assert lines["efficientnet-lite0-int8"][:4] == ["embedded", "1280-d", "224px", "int8"]
+    assert lines["resnet50"][:2] == ["not", "installed"]
+    assert lines["resnet50-int8"][:2] == ["not", "installed"]
     files["/r.onnx"] = EMBEDDED.read_bytes()
     digest = hashlib.sha256(files["/r.onnx"]).hexdigest()
     result = runner.invoke(cli, ["models", "fetch", "resnet50", "--url", f"{base}/r.onnx",

@@ -115,7 +115,9 @@ def test_demo_data_has_a_known_fifth_of_labels_flipped(tmp_path):
 def test_demo_archive_is_small_and_real():
     from importlib import resources
 
-    archive = resources.files("tvcore").joinpath("data", demo.ARCHIVE)
+    from tvcore.io.demoarchive import ARCHIVE
+
+    archive = resources.files("tvcore").joinpath("data", ARCHIVE)
     assert archive.stat().st_size <= 3 * 2**20
     data = demo.load_archive()
     assert data["train_images"].shape == (2500, 28, 28)

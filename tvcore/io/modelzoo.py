@@ -9,6 +9,13 @@ The embedded EfficientNet-Lite0 ships in the package (tvcore.models); others
 The model contract: the first input (or `input`) takes float32 NCHW images
 preprocessed as the metadata says; the output named `features` (or `output`,
 else the first output) is (N, D).
+
+Precision: every model is fp32 unless its metadata says `"precision": "int8"`
+(made by tvcore.io.quantize). `resolve_model(NAME, precision="int8")` gives the
+int8 version of an fp32 model: NAME-int8 for a known model (the embedded
+efficientnet-lite0-int8, or resnet50-int8 once `tvclean models quantize
+resnet50` made it), else the cached int8 model whose `base_sha256` is the
+fp32 file's.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ NORMALISATIONS = {
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PRECISIONS = ("fp32", "int8")
+QUANTIZE_HINT = "(needs the onnx package: pip install 'tvclean[quantize]')"
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,8 @@ class KnownModel:
     licence: str
     onnx_url: str | None = None  # a published ONNX that `fetch` can download
     onnx_sha256: str | None = None
+    precision: str = "fp32"
+    base: str | None = None  # an int8 model: the known fp32 model it quantizes
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -74,6 +85,30 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         source="torchvision resnet50-11ad3fa6.pth, exported by models/export_resnet50.py",
         licence="BSD-3-Clause (torchvision weights; trained on ImageNet, see its terms)",
     ),
+    "efficientnet-lite0-int8": KnownModel(
+        name="efficientnet-lite0-int8",
+        description="EfficientNet-Lite0 quantized to int8, 1280-d features (embedded)",
+        dim=1280,
+        preprocess=Preprocess(224, 256, TFLITE_MEAN, TFLITE_STD),
+        embedded=True,
+        source="models/efficientnet-lite0.onnx quantized by models/quantize_efficientnet_lite0.py "
+               "(onnxruntime static QDQ quantization, calibrated on images that ship with tvclean)",
+        licence="Apache-2.0",
+        precision="int8",
+        base="efficientnet-lite0",
+    ),
+    "resnet50-int8": KnownModel(
+        name="resnet50-int8",
+        description="ResNet50 quantized to int8, 2048-d features (`tvclean models quantize "
+                    "resnet50`)",
+        dim=2048,
+        preprocess=Preprocess(224, 232, IMAGENET_MEAN, IMAGENET_STD),
+        embedded=False,
+        source="resnet50 from the cache quantized by `tvclean models quantize resnet50`",
+        licence="BSD-3-Clause (torchvision weights; trained on ImageNet, see its terms)",
+        precision="int8",
+        base="resnet50",
+    ),
 }
 
 
@@ -94,13 +129,14 @@ class ModelSpec:
     output: str | None = None
     source: str = ""
     licence: str = ""
+    precision: str = "fp32"
 
     def identity(self) -> dict[str, Any]:
         """What RUN/features/meta.json records about the model."""
         return {"name": self.name, "path": str(self.path), "sha256": self.sha256,
                 "preprocessing": self.preprocess.to_dict(), "dim": self.dim,
                 "input": self.input, "output": self.output,
-                "source": self.source, "licence": self.licence}
+                "source": self.source, "licence": self.licence, "precision": self.precision}
 
 
 def cache_dir() -> Path:
@@ -146,8 +182,45 @@ def write_metadata(onnx_path: str | Path, name: str, preprocess: Preprocess, dim
     return meta
 
 
-def resolve_model(model: str) -> ModelSpec:
-    """Turn `--model NAME|PATH.onnx` into a ModelSpec, verifying the file's sha256."""
+def resolve_model(model: str, precision: str = "fp32") -> ModelSpec:
+    """Turn `--model NAME|PATH.onnx` into a ModelSpec, verifying the file's sha256.
+
+    precision: "fp32" uses the model as named; "int8" its int8 version (a
+    model that is int8 already is used as it is).
+    """
+    if precision not in PRECISIONS:
+        raise TvcleanError(f"invalid precision (--precision): must be one of "
+                           f"{', '.join(PRECISIONS)}, got {precision!r}")
+    spec = _resolve(model)
+    if precision == "fp32" or spec.precision == "int8":
+        return spec
+    return _int8_version(model, spec)
+
+
+def int8_name(model: str, spec: ModelSpec) -> str:
+    """The name `tvclean models quantize` gives the int8 version of `model` by default."""
+    if f"{model}-int8" in KNOWN_MODELS:
+        return f"{model}-int8"
+    is_cached = _NAME_RE.match(model) and spec.path == (cache_dir() / f"{model}.onnx").resolve()
+    return f"{model}-int8" if is_cached else f"{spec.path.stem}-{spec.sha256[:8]}-int8"
+
+
+def _int8_version(model: str, spec: ModelSpec) -> ModelSpec:
+    """The int8 model made from the fp32 `spec` (`--precision int8`)."""
+    known = KNOWN_MODELS.get(f"{model}-int8")
+    if known is not None and (known.embedded or (cache_dir() / f"{known.name}.onnx").exists()):
+        return _known_model(known)
+    for candidate in sorted(cache_dir().glob("*.json")) if cache_dir().is_dir() else []:
+        meta = read_json(candidate)
+        if (isinstance(meta, dict) and meta.get("precision") == "int8"
+                and meta.get("base_sha256") == spec.sha256 and candidate.with_suffix(".onnx").exists()):
+            return model_from_file(candidate.with_suffix(".onnx"), name=candidate.stem,
+                                   defaults=spec.preprocess)
+    raise TvcleanError(f"no int8 version of model {model} in the cache ({cache_dir()}): run "
+                       f"`tvclean models quantize {model}` {QUANTIZE_HINT}, or use --precision fp32")
+
+
+def _resolve(model: str) -> ModelSpec:
     if model in KNOWN_MODELS:
         return _known_model(KNOWN_MODELS[model])
     path = Path(model).expanduser()
@@ -166,6 +239,9 @@ def _known_model(known: KnownModel) -> ModelSpec:
     if not path.exists() or not metadata_path(path).exists():
         if known.embedded:
             raise TvcleanError(f"embedded model {path} (or its .json) is missing: reinstall tvclean")
+        if known.base is not None:
+            raise TvcleanError(f"model {known.name} is not in the cache ({folder}): run "
+                               f"`tvclean models quantize {known.base}` {QUANTIZE_HINT}")
         raise TvcleanError(
             f"model {known.name} is not in the cache ({folder}): run `tvclean models export "
             f"{known.name}` (torch extra, internet) or `tvclean models fetch {known.name} "
@@ -197,7 +273,16 @@ def model_from_file(path: Path, name: str | None = None,
         name=name or meta.get("name") or path.stem, path=path.resolve(), sha256=digest,
         preprocess=_preprocess_from(meta, defaults or Preprocess(), meta_file), dim=_optional_int(meta, "dim", meta_file),
         input=meta.get("input"), output=meta.get("output"),
-        source=str(meta.get("source", "")), licence=str(meta.get("licence", "")))
+        source=str(meta.get("source", "")), licence=str(meta.get("licence", "")),
+        precision=_precision_from(meta, meta_file))
+
+
+def _precision_from(meta: dict, source: Path) -> str:
+    precision = meta.get("precision", "fp32")
+    if precision not in PRECISIONS:
+        raise TvcleanError(f"{source}: precision must be one of {', '.join(PRECISIONS)}, "
+                           f"got {precision!r}")
+    return precision
 
 
 def _preprocess_from(meta: dict, defaults: Preprocess, source: Path) -> Preprocess:
@@ -237,21 +322,23 @@ def _optional_int(meta: dict, key: str, source: Path) -> int | None:
 
 
 def list_models() -> list[dict[str, Any]]:
-    """One row per known or cached model: name, status, dim, input size, path, description."""
+    """One row per known or cached model: name, status, dim, input size, precision, path,
+    description."""
     rows = []
     for known in KNOWN_MODELS.values():
         folder = embedded_dir() if known.embedded else cache_dir()
         path = folder / f"{known.name}.onnx"
         status = "embedded" if known.embedded else ("cached" if path.exists() else "not installed")
         rows.append({"name": known.name, "status": status, "dim": known.dim,
-                     "input_size": known.preprocess.size,
+                     "input_size": known.preprocess.size, "precision": known.precision,
                      "path": str(path) if path.exists() else "",
                      "description": known.description})
     for path in sorted(cache_dir().glob("*.onnx")) if cache_dir().is_dir() else []:
         if path.stem not in KNOWN_MODELS:
             meta = read_json(metadata_path(path)) if metadata_path(path).exists() else {}
             rows.append({"name": path.stem, "status": "cached", "dim": meta.get("dim"),
-                         "input_size": meta.get("input_size", 224), "path": str(path),
+                         "input_size": meta.get("input_size", 224),
+                         "precision": meta.get("precision", "fp32"), "path": str(path),
                          "description": str(meta.get("source", "user model"))})
     return rows
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +21,13 @@ from PIL import Image
 from ..atomicfile import atomic_write_csv, atomic_write_json
 from ..config import Config
 from ..errors import TvcleanError, os_error_cause
+from ..io.demoarchive import load_archive
 from ..rundir.ownership import DEMO_MARKER
 
 CLASS_NAMES = ["tshirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                "sneaker", "bag", "ankle-boot"]
-ARCHIVE = "fashion-mnist-demo.npz"
 DEMO_NOISE = 0.2
 DEMO_SEED = 0
-
-
-def load_archive() -> dict[str, np.ndarray]:
-    with resources.files("tvcore").joinpath("data", ARCHIVE).open("rb") as fh:
-        with np.load(fh, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
 
 
 def flip_labels(labels: np.ndarray, noise: float, n_classes: int, seed: int):
