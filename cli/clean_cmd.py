@@ -30,10 +30,13 @@ def clean_options(fn):
 
 def run_config(config_file, options, run):
     """The Config of a one-shot run: --threads applies to extraction (and fine-tuning) as
-    well; with --finetune, --model names the backbone to fine-tune."""
+    well, --device to fine-tuning too; with --finetune, --model names the backbone to
+    fine-tune."""
     stage = dict(options)
     if stage.get("estimate__threads") is not None:
         stage["extract__threads"] = stage["finetune__threads"] = stage["estimate__threads"]
+    if stage.get("extract__device") is not None:
+        stage["finetune__device"] = stage["extract__device"]
     if stage.get("finetune__enabled") and stage.get("extract__model") is not None:
         stage["finetune__model"] = stage.pop("extract__model")
     return build_config(config_file, stage, run)

@@ -81,6 +81,7 @@ def test_artifacts_follow_the_run_contract(data, extracted):
     assert {Path(p).name: e for p, e in summary.splits["train"].errors}["empty.png"] == "empty file (0 bytes)"
     saved = tomllib.loads((run / "config.toml").read_text())
     assert saved["extract"]["model"] == "efficientnet-lite0" and saved["extract"]["batch_size"] == 4
+    assert saved["extract"]["precision"] == "fp32" and saved["extract"]["device"] == "auto"
     assert "extract: train: 16 images, 6 failed, 2 files skipped" in (run / "log.txt").read_text()
     assert not list((run / "features").glob("*.partial")) and not list((run / "features").glob("*.progress.json"))
 
@@ -194,9 +195,9 @@ def test_cli_extract_output_and_errors(data, tmp_path):
     result = runner.invoke(cli, ["extract", str(root / "train"), "-o", str(tmp_path / "r2")])
     assert result.exit_code == 1 and "Error: no validation data: give VAL_DIR" in result.output
     result = runner.invoke(cli, ["extract", str(root), "-o", str(tmp_path / "r3"),
-                                 "--batch-size", "0"])
+                                 "--batch-size", "-1"])
     assert result.exit_code == 1
-    assert "invalid extract.batch_size (--batch-size): must be > 0, got 0" in result.output
+    assert "invalid extract.batch_size (--batch-size): must be >= 0, got -1" in result.output
 
 
 def test_cli_manifest_and_user_model(data, tmp_path):

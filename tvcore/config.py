@@ -35,7 +35,8 @@ def _check_positive(section: str, obj: Any, *names: str) -> None:
 
 # The allowed values of every option that is a choice (the CLI offers the same).
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
-    "finetune": {"model": ("efficientnet-lite0", "resnet50")},
+    "finetune": {"model": ("efficientnet-lite0", "resnet50"), "device": ("auto", "cpu", "cuda")},
+    "extract": {"precision": ("fp32", "int8"), "device": ("auto", "cpu", "cuda")},
     "estimate": {"head": ("linear", "mlp"), "dtype": ("float32", "float64"),
                  "feature_norm": ("center-l2", "none")},
     "valuenet": {"loss": ("mae", "mse"), "target_scale": ("mean-abs", "none")},
@@ -104,9 +105,12 @@ class FinetuneConfig:
     seed: int = option(0, "Seed of shuffling, crops and the new head: the same seed gives the "
                           "same model.")
     threads: int = option(0, "torch threads (0 = all cores).")
+    device: str = option("auto", "Where torch trains: auto (a GPU if torch can use one, else "
+                                 "the CPU), cpu, or cuda (needs a CUDA build of torch).")
 
     def validate(self) -> FinetuneConfig:
         _check_choice("finetune", self, "model")
+        _check_choice("finetune", self, "device")
         _check_positive("finetune", self, "epochs", "batch_size", "patience")
         if not (math.isfinite(self.lr) and self.lr > 0):
             _fail("finetune", "lr", "must be a finite number > 0", self.lr)
@@ -133,8 +137,16 @@ class ExtractConfig:
     model: str = option("efficientnet-lite0", "Feature extractor: a known model name "
                                               "(efficientnet-lite0, resnet50), a model in the "
                                               "cache, or a path to an .onnx file.")
-    # 16 beat 32 on 2 cores: benchmarks/bench_extract.py
-    batch_size: int = option(16, "Images per inference call.")
+    precision: str = option("fp32", "int8: the model's int8 version (embedded for "
+                                    "efficientnet-lite0, about twice as fast on a CPU with "
+                                    "VNNI; others need `tvclean models quantize` first); fp32: "
+                                    "the model as named.")
+    device: str = option("auto", "Where the CNN runs: auto (a GPU if onnxruntime-gpu can use "
+                                 "one, else the CPU), cpu, or cuda (an NVIDIA GPU; needs "
+                                 "onnxruntime-gpu in place of onnxruntime).")
+    # 0 = the device's own (tvcore.device.BATCH_SIZE: 16 on the CPU, where 16 beat 32 on
+    # 2 cores in benchmarks/bench_extract.py; 64 on a GPU).
+    batch_size: int = option(0, "Images per inference call (0 = 16 on the CPU, 64 on a GPU).")
     threads: int = option(0, "Cores for onnxruntime inference (0 = all), run as concurrent "
                              "streams.")
     decode_workers: int = option(0, "Image-decoding threads (0 = one per core).")
@@ -142,8 +154,10 @@ class ExtractConfig:
                                          "decompression bombs.")
 
     def validate(self) -> ExtractConfig:
-        _check_positive("extract", self, "batch_size", "max_pixels")
-        for name in ("threads", "decode_workers"):
+        _check_positive("extract", self, "max_pixels")
+        _check_choice("extract", self, "precision")
+        _check_choice("extract", self, "device")
+        for name in ("batch_size", "threads", "decode_workers"):
             if getattr(self, name) < 0:
                 _fail("extract", name, "must be >= 0", getattr(self, name))
         return self

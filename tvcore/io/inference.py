@@ -14,34 +14,43 @@ from itertools import islice
 import numpy as np
 
 from ..cores import available_cores
+from ..device import CUDA_PROVIDER, batch_size_for, onnx_providers, session_device
 from ..errors import TvcleanError, one_line
 from .images import load_image
 from .modelzoo import ModelSpec
 
 PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
 MAX_STREAMS = 4  # concurrent inference calls; each holds a batch of activations
+GPU_STREAMS = 2  # on a GPU: one batch is copied in/out while the other runs
 
 
 class FeatureExtractor:
     """One model in onnxruntime, fed by a pool of image-decoding threads.
 
-    threads: cores for inference (0 = all). They run as up to MAX_STREAMS
-    concurrent inference calls on one session, each with threads / streams
-    onnxruntime threads: on few cores, single-threaded calls side by side use
-    the CPU better than one call split over all cores, and leave no idle gaps
-    for the decoders to wait in. decode_workers: decoding threads (0 = one
-    per core). Use as a context manager.
+    threads: cores for inference (0 = all). On the CPU they run as up to
+    MAX_STREAMS concurrent inference calls on one session, each with threads /
+    streams onnxruntime threads: on few cores, single-threaded calls side by
+    side use the CPU better than one call split over all cores, and leave no
+    idle gaps for the decoders to wait in. On a GPU, GPU_STREAMS calls.
+    decode_workers: decoding threads (0 = one per core). device: "auto",
+    "cpu" or "cuda" (tvcore.device); self.device is where it runs.
+    batch_size: 0 = the device's own. Use as a context manager.
     """
 
-    def __init__(self, model: ModelSpec, batch_size: int = 32, threads: int = 0,
-                 decode_workers: int = 0, max_pixels: int = 89_478_485):
+    def __init__(self, model: ModelSpec, batch_size: int = 0, threads: int = 0,
+                 decode_workers: int = 0, max_pixels: int = 89_478_485, device: str = "auto"):
         self.model = model
-        self.batch_size = batch_size
         self.max_pixels = max_pixels
         cores = available_cores()
         threads = threads or cores
-        self.streams = min(threads, MAX_STREAMS)
-        self.session = _open_session(model, max(1, threads // self.streams))
+        providers = onnx_providers(device)
+        cpu_streams = min(threads, MAX_STREAMS)
+        self.streams = GPU_STREAMS if providers[0] == CUDA_PROVIDER else cpu_streams
+        self.session = _open_session(model, max(1, threads // self.streams), providers)
+        self.device = session_device(device, self.session.get_providers())
+        if self.device == "cpu":
+            self.streams = cpu_streams  # also when onnxruntime-gpu fell back to the CPU
+        self.batch_size = batch_size_for(batch_size, self.device)
         self.input_name, self.output_name = _io_names(self.session, model)
         self.dim = self._probe_dim()
         self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
@@ -118,8 +127,9 @@ class FeatureExtractor:
         return int(out.shape[1])
 
 
-def _open_session(model: ModelSpec, threads: int):
-    """A CPU session whose every run uses `threads` onnxruntime threads (1: the caller's own)."""
+def _open_session(model: ModelSpec, threads: int, providers: list[str]):
+    """A session on `providers` whose every CPU run uses `threads` onnxruntime threads
+    (1: the caller's own)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -127,8 +137,16 @@ def _open_session(model: ModelSpec, threads: int):
     # Spinning worker threads would steal the cores the decoders need.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model.path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
+        if len(providers) > 1:  # e.g. onnxruntime-gpu without the CUDA libraries
+            try:
+                ort.InferenceSession(str(model.path), options, providers=providers[-1:])
+            except Exception:
+                pass
+            else:
+                raise TvcleanError(f"model {model.path} does not load on {providers[0]} "
+                                   f"({one_line(exc)}); use --device cpu") from None
         raise TvcleanError(f"cannot load model {model.path}: {one_line(exc)}") from None
 
 

@@ -1,9 +1,10 @@
 """The torch side of fine-tuning (torch extra; imported only by tvcore.finetune).
 
-A Trainer holds a backbone with a fresh softmax head and its SGD optimizer,
-takes one step per batch, scores batches, and saves / restores its state as
-plain state dicts (written with torch.save, read back with weights_only=True,
-so a checkpoint can never run code).
+A Trainer holds a backbone with a fresh softmax head and its SGD optimizer on
+one device (`--device`: the GPU when torch can use one), takes one step per
+batch, scores batches, and saves / restores its state as plain state dicts
+(written with torch.save, read back with weights_only=True, so a checkpoint
+can never run code; they load on any device).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 
 from ..atomicfile import atomic_write_bytes
 from ..config import FinetuneConfig
+from ..device import torch_device
 from ..errors import TvcleanError
 from .torchnets import Backbone
 
@@ -26,13 +28,18 @@ BATCHNORM_MOMENTUM = 0.1  # PyTorch's default; ResNet50 already has it
 
 
 class Trainer:
-    """A backbone with a new (D -> n_classes) linear head, trained by SGD on cross-entropy."""
+    """A backbone with a new (D -> n_classes) linear head, trained by SGD on cross-entropy.
+
+    The model lives on self.device (config.device resolved by tvcore.device.torch_device);
+    batches are moved there per step.
+    """
 
     def __init__(self, backbone: Backbone, n_classes: int, config: FinetuneConfig):
+        self.device = torch_device(config.device)
         torch.manual_seed(config.seed)  # the head's initialisation
         backbone.set_classifier(nn.Linear(backbone.classifier.in_features, n_classes))
         follow_batch_statistics(backbone)
-        self.model = backbone
+        self.model = backbone.to(self.device)
         self.optimizer = torch.optim.SGD(
             backbone.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay)
@@ -44,10 +51,10 @@ class Trainer:
         for this batch (drop-connect), so a resumed run repeats it exactly.
         """
         self.model.train()
-        torch.manual_seed(seed)
-        targets = torch.from_numpy(labels)
+        torch.manual_seed(seed)  # seeds the CUDA generators too
+        images_on, targets = self._on_device(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(torch.from_numpy(images))
+        logits = self.model(images_on)
         loss = F.cross_entropy(logits, targets)
         loss.backward()
         self.optimizer.step()
@@ -57,10 +64,18 @@ class Trainer:
     def score(self, images: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
         """(summed loss, correct predictions) of a batch in evaluation mode."""
         self.model.eval()
-        targets = torch.from_numpy(labels)
-        logits = self.model(torch.from_numpy(images))
+        images_on, targets = self._on_device(images, labels)
+        logits = self.model(images_on)
         loss = F.cross_entropy(logits, targets, reduction="sum")
         return float(loss), int((logits.argmax(1) == targets).sum())
+
+    def _on_device(self, images: np.ndarray, labels: np.ndarray):
+        return (torch.from_numpy(images).to(self.device), torch.from_numpy(labels).to(self.device))
+
+    def cpu_model(self) -> nn.Module:
+        """The model in evaluation mode, moved to the CPU (for the ONNX export)."""
+        self.model = self.model.cpu().eval()
+        return self.model
 
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}

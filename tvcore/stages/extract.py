@@ -114,7 +114,7 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
 def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | None,
              cluster: Any) -> ExtractSummary:
     options = config.extract
-    model = resolve_model(options.model)
+    model = resolve_model(options.model, options.precision)
     fingerprint = _fingerprint(dataset, model, options.max_pixels)
     done = _finished_summary(run, fingerprint)
     if done is not None:
@@ -133,7 +133,9 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
         dim = source.dim
     else:
         with FeatureExtractor(model, options.batch_size, options.threads,
-                              options.decode_workers, options.max_pixels) as extractor:
+                              options.decode_workers, options.max_pixels,
+                              options.device) as extractor:
+            run.log(f"extract: on {extractor.device}, batches of {extractor.batch_size}")
             writers = _writers(run, dataset, fingerprint, extractor.dim)
             _store(writers, _local_results(extractor, writers), progress)
             dim = extractor.dim

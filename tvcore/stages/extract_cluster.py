@@ -19,6 +19,7 @@ import numpy as np
 
 from ..cluster import RETRIES, WORKER_LOCK, Cluster, ThreadPlan, as_cluster, run_tasks, task_result
 from ..config import ExtractConfig
+from ..device import batch_size_for
 from ..errors import TvcleanError
 from ..io.inference import FeatureExtractor
 from ..io.modelzoo import KNOWN_MODELS, ModelSpec, resolve_model
@@ -37,6 +38,8 @@ class ExtractSettings:
     threads: ThreadPlan
     decode_workers: int
     max_pixels: int
+    precision: str = "fp32"  # the model's int8 version is resolved on each worker
+    device: str = "auto"
 
 
 _EXTRACTORS: dict[ExtractSettings, FeatureExtractor] = {}  # per worker process
@@ -45,7 +48,7 @@ _EXTRACTORS: dict[ExtractSettings, FeatureExtractor] = {}  # per worker process
 def _worker_extractor(settings: ExtractSettings) -> FeatureExtractor:
     with WORKER_LOCK:
         if settings not in _EXTRACTORS:
-            model = resolve_model(settings.model)
+            model = resolve_model(settings.model, settings.precision)
             if model.sha256 != settings.sha256:
                 raise TvcleanError(f"model {settings.model} on worker {os.uname().nodename} has "
                                    f"sha256 {model.sha256[:12]}, the driver's "
@@ -53,7 +56,7 @@ def _worker_extractor(settings: ExtractSettings) -> FeatureExtractor:
             threads = settings.threads.on_this_worker()
             _EXTRACTORS[settings] = FeatureExtractor(
                 model, settings.batch_size, threads, settings.decode_workers or threads,
-                settings.max_pixels)
+                settings.max_pixels, device=settings.device)
         return _EXTRACTORS[settings]
 
 
@@ -91,7 +94,9 @@ class ClusterExtraction:
         self.cluster: Cluster = as_cluster(cluster)
         self.settings = ExtractSettings(
             model=model_reference(config.model, model), sha256=model.sha256,
-            batch_size=config.batch_size, threads=self.cluster.thread_plan(config.threads),
+            batch_size=batch_size_for(config.batch_size, config.device),
+            precision=config.precision, device=config.device,
+            threads=self.cluster.thread_plan(config.threads),
             decode_workers=config.decode_workers, max_pixels=config.max_pixels)
         future = self.cluster.client.submit(_extract_dim, self.settings, pure=False,
                                             retries=RETRIES)

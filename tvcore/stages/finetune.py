@@ -193,7 +193,7 @@ def _finetune(dataset: Dataset, run: RunDir, config: Config,
 def use_baseline(path: str | Path, run: RunDir, config: Config) -> FinetuneResult:
     """Check a previously trained ONNX model and make it the run's extraction model."""
     spec = model_from_file(Path(path).expanduser())
-    with FeatureExtractor(spec, batch_size=1, threads=1, decode_workers=1) as extractor:
+    with FeatureExtractor(spec, batch_size=1, threads=1, decode_workers=1, device="cpu") as extractor:
         dim = extractor.dim  # opening it checks the model contract
     result = FinetuneResult(run=run.root, model_path=spec.path, sha256=spec.sha256, trained=False,
                             base_model=spec.name, input_size=spec.preprocess.size)
@@ -215,7 +215,8 @@ def _record_model(run: RunDir, config: Config, model_path: Path) -> None:
 def _fingerprint(dataset: Dataset, config: Config, prep: Preprocess) -> str:
     """Identifies the inputs and settings of a training run (its checkpoints must match)."""
     settings = asdict(config.finetune)
-    for name in ("enabled", "baseline", "threads"):  # no effect on the weights
+    # No effect on the weights (threads, device: a run may resume elsewhere, to rounding).
+    for name in ("enabled", "baseline", "threads", "device"):
         settings.pop(name)
     content = {"classes": dataset.classes, "prep": prep.to_dict(), "settings": settings,
                "max_pixels": config.extract.max_pixels,
@@ -245,15 +246,16 @@ def _train_and_export(dataset: Dataset, run: RunDir, config: Config, prep: Prepr
 
     folder = run.finetune
     folder.mkdir(parents=True, exist_ok=True)
-    run.log(f"finetune: {settings.model} on {len(dataset.train)} train and {len(dataset.val)} val "
-            f"images, {len(dataset.classes)} classes, {prep.size}px")
     with ft.torch_threads(settings.threads, available_cores()):
         trainer = ft.Trainer(backbone, len(dataset.classes), settings)
+        run.log(f"finetune: {settings.model} on {len(dataset.train)} train and "
+                f"{len(dataset.val)} val images, {len(dataset.classes)} classes, {prep.size}px, "
+                f"on {trainer.device}")
         training = _Training(trainer, dataset, prep, config, folder, progress)
         training.resume(fingerprint)
         training.run()
         trainer.model.load_state_dict(ft.load_state(folder / "best.pt")["model"])
-        result = _export(trainer.model.eval(), folder, dataset, settings, prep, training.state)
+        result = _export(trainer.cpu_model(), folder, dataset, settings, prep, training.state)
     atomic_write_json(folder / "meta.json", {"fingerprint": fingerprint, **result.to_dict()})
     (folder / "checkpoint.pt").unlink(missing_ok=True)
     best = result.best_epoch
