@@ -10,6 +10,7 @@ BENCHMARKS = {
     "extract": "bench_extract",
     "finetune": "bench_finetune",
     "montecarlo": "bench_montecarlo",
+    "precision": "bench_precision",
     "quality": "bench_quality",
     "review": "bench_review",
     "scale": "bench_scale",
