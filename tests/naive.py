@@ -67,3 +67,14 @@ def naive_mlp_deltas(x_sub, y_sub, x_val, y_val, init_w1, init_w2, order, lr):
             b1 -= lr * grad_pre
             deltas[epoch, i] = before - val_loss()
     return deltas
+
+
+def naive_normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """(H, W, 3) or (H, W) uint8 -> (3, H, W) float32 as numpy computes pixel * (1/std) +
+    (-mean/std) in float32, and the same in float64 (both returned: exact, reference)."""
+    planes = np.repeat(pixels[None], 3, axis=0) if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    scale = 1.0 / np.asarray(std, dtype=np.float32)
+    offset = -np.asarray(mean, dtype=np.float32) * scale
+    as_float32 = planes.astype(np.float32) * scale[:, None, None] + offset[:, None, None]
+    exact = (planes.astype(np.float64) - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None]
+    return as_float32.astype(np.float32), exact

@@ -57,6 +57,35 @@ def test_matches_naive_resize_and_centre_crop(flower_png, reference):
     assert np.abs(reference - naive).max() < 0.3
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (7, 5), (224, 224), (3, 300)])
+@pytest.mark.parametrize("colour", [True, False])
+def test_normalise_kernel_equals_numpy_float32_bit_for_bit(shape, colour):
+    from naive import naive_normalise
+    rng = np.random.default_rng(sum(shape) + colour)
+    pixels = rng.integers(0, 256, shape + ((3,) if colour else ()), dtype=np.uint8)
+    for mean, std in ((IMAGENET_MEAN, IMAGENET_STD), ((127.0,) * 3, (128.0,) * 3),
+                      ((0.5, 200.0, 17.0), (3.0, 0.25, 99.0))):
+        prep = Preprocess(size=shape[0], resize=shape[0], mean=mean, std=std)
+        as_numpy, exact = naive_normalise(pixels, mean, std)
+        out = normalise(pixels, prep)
+        assert out.dtype == np.float32 and out.shape == (3,) + shape
+        np.testing.assert_array_equal(out, as_numpy)
+        np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-5)
+        batch = np.full((2, 3) + shape, np.nan, np.float32)  # into a slot of a batch
+        assert normalise(pixels, prep, batch[1]) is not None
+        np.testing.assert_array_equal(batch[1], as_numpy)
+        assert np.isnan(batch[0]).all()
+    with pytest.raises(ValueError, match=r"out must be \(3, "):
+        normalise(pixels, prep, np.empty((3, shape[0] + 1, shape[1]), np.float32))
+
+
+def test_load_image_into_a_batch_slot_equals_a_fresh_array(flower_png, reference):
+    batch = np.zeros((3, 3, 224, 224), np.float32)
+    assert load_image(flower_png, PREP, out=batch[2]) is not None
+    np.testing.assert_array_equal(batch[2], reference)
+    assert not batch[:2].any()
+
+
 def test_normalise_is_pixel_minus_mean_over_std():
     pixels = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 10
     prep = Preprocess(size=2, resize=2, mean=(127.0, 100.0, 0.0), std=(128.0, 50.0, 255.0))

@@ -25,7 +25,7 @@ ALLOWED = {
     "stages": {"base", "engine", "io", "nets", "cluster", "rundir"},
     "cli": {"base", "engine", "io", "nets", "cluster", "rundir", "api", "stages"},
 }
-KERNELS = {"tvcore.engine.mc_kernels", "tvcore.engine.vmath"}
+KERNELS = {"tvcore.engine.mc_kernels", "tvcore.engine.vmath", "tvcore.io.image_kernels"}
 KERNEL_IMPORTS = {"numpy", "numba", "llvmlite", "math", "__future__"}  # llvmlite: numba's IR
 
 
