@@ -97,6 +97,23 @@ def test_features_equal_one_image_at_a_time_inference(extracted):
         np.testing.assert_allclose(features.train.features[row], single, rtol=1e-4, atol=1e-4)
 
 
+def test_every_row_equals_its_own_inference_across_reused_batch_buffers(extracted):
+    """Batches of 4 decode in place into a few reused buffers; failed images in a batch
+    leave zero rows and do not shift the others."""
+    run, summary = extracted
+    features = load_features(run)
+    spec = resolve_model("efficientnet-lite0")
+    session = ort.InferenceSession(str(EMBEDDED), providers=["CPUExecutionProvider"])
+    failed = {path for path, _ in summary.splits["train"].errors}
+    assert len(failed) >= 5 and len(features.train.paths) > 4 * (1 + inference_module.PREFETCH_BATCHES)
+    for row, path in enumerate(features.train.paths):
+        if path in failed:
+            assert not features.train.features[row].any()
+            continue
+        single = session.run(["features"], {"images": load_image(path, spec.preprocess)[None]})[0][0]
+        np.testing.assert_allclose(features.train.features[row], single, rtol=1e-4, atol=1e-4)
+
+
 # The right preprocessing gives p(daisy) ~ 0.31 and p(palace) ~ 0.40. The floors
 # catch subtler mistakes than a top-5 check does: with BGR input p(daisy) is
 # 0.20, with ImageNet mean/std 0.10 and 0.30, without the centre crop 0.18.

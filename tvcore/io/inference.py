@@ -6,6 +6,7 @@ the CPU decodes the next batch while the model runs on this one.
 
 from __future__ import annotations
 
+import queue
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,10 @@ class FeatureExtractor:
         self.dim = self._probe_dim()
         self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
         self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
+        # Input batches are decoded in place into reused buffers: a fresh 600 kB array per
+        # image (and a np.stack per batch) cost more in page faults than the normalising.
+        self._buffers: queue.SimpleQueue = queue.SimpleQueue()
+        self._pillow_blocks = _cache_pillow_blocks(self.streams + PREFETCH_BATCHES)
 
     def __enter__(self) -> FeatureExtractor:
         return self
@@ -65,6 +70,9 @@ class FeatureExtractor:
     def close(self) -> None:
         self.decoders.shutdown(wait=True, cancel_futures=True)
         self.runners.shutdown(wait=True, cancel_futures=True)
+        if self._pillow_blocks is not None:
+            _restore_pillow_blocks(self._pillow_blocks)
+            self._pillow_blocks = None
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(n, 3, S, S) float32 preprocessed images -> (n, D) float32 features.
@@ -101,16 +109,31 @@ class FeatureExtractor:
 
     def _submit(self, paths: Sequence[str]):
         prep, limit = self.model.preprocess, self.max_pixels
-        decoding = [self.decoders.submit(load_image, path, prep, limit) for path in paths]
-        return self.runners.submit(self._run_batch, decoding)
+        batch = self._buffer()[:len(paths)]
+        decoding = [self.decoders.submit(load_image, path, prep, limit, slot)
+                    for path, slot in zip(paths, batch)]
+        return self.runners.submit(self._run_batch, batch, decoding)
 
-    def _run_batch(self, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
-        decoded = [future.result() for future in decoding]
+    def _buffer(self) -> np.ndarray:
+        """A (batch_size, 3, S, S) float32 input buffer: a returned one, or a new one."""
+        try:
+            return self._buffers.get_nowait()
+        except queue.Empty:
+            size = self.model.preprocess.size
+            return np.empty((self.batch_size, 3, size, size), dtype=np.float32)
+
+    def _run_batch(self, batch: np.ndarray, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
+        decoded = [future.result() for future in decoding]  # raises only when shutting down
         errors = {i: r for i, r in enumerate(decoded) if isinstance(r, str)}
-        good = [i for i, r in enumerate(decoded) if not isinstance(r, str)]
         features = np.zeros((len(decoded), self.dim), dtype=np.float32)
-        if good:
-            features[good] = self.features_in_this_thread(np.stack([decoded[i] for i in good]))
+        try:
+            if not errors:
+                features[:] = self.features_in_this_thread(batch)
+            elif len(errors) < len(decoded):
+                good = [i for i in range(len(decoded)) if i not in errors]
+                features[good] = self.features_in_this_thread(batch[good])
+        finally:  # every decoder of this batch is done with it: it can be reused
+            self._buffers.put(batch.base)
         return features, errors
 
     def _probe_dim(self) -> int:
@@ -125,6 +148,23 @@ class FeatureExtractor:
             raise TvcleanError(f"model {self.model.path}: output {self.output_name!r} has shape "
                                f"{list(out.shape)} for one image; expected (N, D) features")
         return int(out.shape[1])
+
+
+def _cache_pillow_blocks(blocks: int) -> int | None:
+    """Let Pillow keep `blocks` freed image blocks for reuse (its default keeps none, so every
+    decoded photo is a fresh allocation with its page faults); returns the old setting."""
+    from PIL import Image
+    try:
+        before = Image.core.get_blocks_max()
+        Image.core.set_blocks_max(max(before, blocks))
+    except (AttributeError, ValueError):  # another Pillow build
+        return None
+    return before
+
+
+def _restore_pillow_blocks(before: int) -> None:
+    from PIL import Image
+    Image.core.set_blocks_max(before)
 
 
 def _open_session(model: ModelSpec, threads: int, providers: list[str]):
