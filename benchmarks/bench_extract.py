@@ -1,6 +1,8 @@
-"""`extract` end to end vs bare onnxruntime inference on pre-decoded tensors (EfficientNet-Lite0).
+"""`extract` end to end vs bare onnxruntime inference on pre-decoded tensors (EfficientNet-Lite0,
+fp32 and int8).
 
-    python -m benchmarks extract [--photos N] [--fashion N] [--repeat R] [--sweep]
+    python -m benchmarks extract [--photos N] [--fashion N] [--repeat R] [--precision fp32,int8]
+                                 [--sweep]
 
 Data sets, written to a temporary folder:
   photos   N JPEGs of 500x375 (quality 90): random crops and flips of
@@ -12,8 +14,13 @@ For each set and configuration: end-to-end `tvcore.extract` into a fresh run
 inference of the same model on the same images decoded beforehand, in the same
 process, two ways: "plain ORT" is one caller running one session with all the
 threads (the better of spinning on/off), "ORT streams" is extract's own scheme
-(concurrent single-threaded calls) without the decoding. Runs alternate and
-the best of R repeats is kept, so a busy machine hurts all sides alike.
+(concurrent single-threaded calls) without the decoding. Each configuration
+runs in both precisions (--precision): the int8 rows use the embedded
+efficientnet-lite0-int8 for both the bare and the end-to-end figures, and the
+last column compares every end-to-end rate with the fp32 "plain ORT" rate of
+the same round, the one reference all rows share. Runs alternate and the best
+of R repeats is kept, so a busy machine hurts all sides alike; ratios are
+medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tvcore.config import ExtractConfig
+from tvcore.config import Config, ExtractConfig
 from tvcore.cores import available_cores
+from tvcore.device import batch_size_for
 from tvcore.io.dataset import discover
 from tvcore.io.images import load_image
 from tvcore.io.inference import FeatureExtractor
@@ -110,11 +118,12 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def bare_plain(tensors: list[np.ndarray], batch_size: int, threads: int) -> Rate:
+def bare_plain(tensors: list[np.ndarray], batch_size: int, threads: int,
+               model: str = "efficientnet-lite0") -> Rate:
     """Plain onnxruntime on pre-decoded tensors: one caller, `threads` intra-op threads,
     the faster of spinning on and off."""
     import onnxruntime as ort
-    model = resolve_model("efficientnet-lite0")
+    model = resolve_model(model)
     batches = _batches(tensors, batch_size)
     rates = []
     for spinning in ("1", "0"):
@@ -130,9 +139,9 @@ def bare_plain(tensors: list[np.ndarray], batch_size: int, threads: int) -> Rate
 
 def bare_streams(tensors: list[np.ndarray], config: ExtractConfig) -> Rate:
     """Extract's own inference scheme (concurrent streams) on pre-decoded tensors."""
-    batches = _batches(tensors, config.batch_size)
-    with FeatureExtractor(resolve_model("efficientnet-lite0"), config.batch_size,
-                          config.threads, 1) as extractor:
+    with FeatureExtractor(resolve_model(config.model, config.precision), config.batch_size,
+                          config.threads, 1, device=config.device) as extractor:
+        batches = _batches(tensors, extractor.batch_size)
         extractor.features(batches[0])  # warm-up
         return timed(lambda: list(extractor.runners.map(extractor.features_in_this_thread, batches)),
                      len(tensors))
@@ -145,7 +154,7 @@ def _batches(tensors: list[np.ndarray], batch_size: int) -> list[np.ndarray]:
 def end_to_end(root: Path, work: Path, config: ExtractConfig, images: int) -> Rate:
     """A whole `extract` call into a fresh run directory (start-up included)."""
     run = Path(tempfile.mkdtemp(dir=work))
-    return timed(lambda: extract(root, None, run, config, progress=False), images)
+    return timed(lambda: extract(root, None, run, Config(extract=config), progress=False), images)
 
 
 def measure(name: str, root: Path, work: Path, configs: list[ExtractConfig], repeat: int) -> list:
@@ -153,7 +162,8 @@ def measure(name: str, root: Path, work: Path, configs: list[ExtractConfig], rep
 
     Rates are each the fastest of `repeat` rounds (a busy machine only slows
     things down); ratios are the median over rounds of extract / bare within
-    a round, so load from other processes mostly cancels out.
+    a round, and of extract / the fp32 plain-ORT reference of the round, so
+    load from other processes mostly cancels out.
     """
     data = discover(root)
     prep = resolve_model("efficientnet-lite0").preprocess
@@ -161,35 +171,49 @@ def measure(name: str, root: Path, work: Path, configs: list[ExtractConfig], rep
     decode = timed(lambda: tensors.extend(load_image(p, prep)
                                           for p in data.train.paths + data.val.paths),
                    len(data.train) + len(data.val))
+    rounds: list[list] = [[] for _ in configs]
+    references = []
+    for _ in range(repeat):
+        first = configs[0]
+        references.append(bare_plain(tensors, batch_size_for(first.batch_size, "cpu"),
+                                     first.threads or available_cores()))
+        for config, done in zip(configs, rounds):
+            model = resolve_model(config.model, config.precision)
+            batch = batch_size_for(config.batch_size, "cpu")
+            done.append((bare_plain(tensors, batch, config.threads or available_cores(),
+                                    str(model.path)),
+                         bare_streams(tensors, config),
+                         end_to_end(root, work, config, len(tensors))))
     rows = []
-    for config in configs:
-        rounds = []
-        for _ in range(repeat):
-            rounds.append((bare_plain(tensors, config.batch_size, config.threads or available_cores()),
-                           bare_streams(tensors, config),
-                           end_to_end(root, work, config, len(tensors))))
-        best = [max((r[i] for r in rounds), key=lambda rate: rate.per_second) for i in range(3)]
-        ratios = [float(np.median([r[2].per_second / r[i].per_second for r in rounds]))
+    for config, done in zip(configs, rounds):
+        best = [max((r[i] for r in done), key=lambda rate: rate.per_second) for i in range(3)]
+        ratios = [float(np.median([r[2].per_second / r[i].per_second for r in done]))
                   for i in range(2)]
+        ratios.append(float(np.median([r[2].per_second / ref.per_second
+                                       for r, ref in zip(done, references)])))
         rows.append((name, len(tensors), decode.cpu_ms, config, *best, *ratios))
     return rows
 
 
-def sweep_configs() -> list[ExtractConfig]:
-    return [ExtractConfig(batch_size=b, threads=t, decode_workers=w)
-            for b in (8, 32) for t in (1, 2) for w in (1, 2)]
+def sweep_configs(precisions: list[str]) -> list[ExtractConfig]:
+    return [ExtractConfig(precision=p, batch_size=b, threads=t, decode_workers=w)
+            for p in precisions for b in (8, 32) for t in (1, 2) for w in (1, 2)]
 
 
 def print_table(rows: list) -> None:
     print("img/s: wall-clock throughput; cpu: CPU ms per image over all threads; "
-          "ratios: extract / bare (median of rounds)")
-    print(f"{'data':<8} {'images':>6} {'decode':>6} {'batch':>5} {'threads':>7} {'decoders':>8} "
-          f"{'plain ORT':>15} {'ORT streams':>15} {'extract':>15} {'/plain':>6} {'/streams':>8}")
-    print(f"{'':<8} {'':>6} {'cpu':>6} {'':>5} {'':>7} {'':>8}" + f" {'img/s':>8} {'cpu':>6}" * 3)
-    for name, n, decode_ms, c, plain, streams, e2e, vs_plain, vs_streams in rows:
+          "ratios: extract / bare (median of rounds); /fp32 ref: extract / fp32 plain ORT")
+    print(f"{'data':<8} {'images':>6} {'decode':>6} {'prec':>4} {'batch':>5} {'threads':>7} "
+          f"{'decoders':>8} {'plain ORT':>15} {'ORT streams':>15} {'extract':>15} {'/plain':>6} "
+          f"{'/streams':>8} {'/fp32 ref':>9}")
+    print(f"{'':<8} {'':>6} {'cpu':>6} {'':>4} {'':>5} {'':>7} {'':>8}"
+          + f" {'img/s':>8} {'cpu':>6}" * 3)
+    for name, n, decode_ms, c, plain, streams, e2e, vs_plain, vs_streams, vs_ref in rows:
         rates = "".join(f" {r.per_second:>8.1f} {r.cpu_ms:>6.2f}" for r in (plain, streams, e2e))
-        print(f"{name:<8} {n:>6} {decode_ms:>6.2f} {c.batch_size:>5} {c.threads or 'all':>7} "
-              f"{c.decode_workers or 'auto':>8}{rates} {vs_plain:>6.0%} {vs_streams:>8.0%}")
+        print(f"{name:<8} {n:>6} {decode_ms:>6.2f} {c.precision:>4} "
+              f"{c.batch_size or 'auto':>5} {c.threads or 'all':>7} "
+              f"{c.decode_workers or 'auto':>8}{rates} {vs_plain:>6.0%} {vs_streams:>8.0%} "
+              f"{vs_ref:>9.2f}")
 
 
 def main(argv: list[str]) -> None:
@@ -197,9 +221,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--photos", type=int, default=600, help="number of 500x375 JPEGs")
     parser.add_argument("--fashion", type=int, default=600, help="number of 28x28 PNGs")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of measurements")
+    parser.add_argument("--precision", default="fp32,int8",
+                        help="comma-separated precisions to run every configuration in")
     parser.add_argument("--sweep", action="store_true", help="also try batch sizes and thread splits")
     args = parser.parse_args(argv)
-    configs = [ExtractConfig()] + (sweep_configs() if args.sweep else [])
+    precisions = args.precision.split(",")
+    configs = ([ExtractConfig(precision=p) for p in precisions]
+               + (sweep_configs(precisions) if args.sweep else []))
     print(f"EfficientNet-Lite0, {available_cores()} cores; default config: {ExtractConfig()}")
     with tempfile.TemporaryDirectory(prefix="tvclean-bench-") as tmp:
         work = Path(tmp)
