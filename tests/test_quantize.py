@@ -264,3 +264,47 @@ def test_quantize_with_the_users_calibration_images(tmp_path, cache):
         quantize(str(tmp_path / "tiny.onnx"), calibration=tmp_path / "empty")
     with pytest.raises(TvcleanError, match=r"calibration folder not found: .*nowhere"):
         quantize(str(tmp_path / "tiny.onnx"), calibration=tmp_path / "nowhere")
+
+
+@needs_onnx
+def test_clean_with_a_baseline_and_int8_quantizes_it_on_the_training_images(tmp_path, cache):
+    from imagefiles import write_digit_tree
+
+    from tvcore.config import Config
+    from tvcore.stages.clean import clean
+    tiny_model(tmp_path / "tiny.onnx")
+    write_digit_tree(tmp_path / "data" / "train", per_class=6)
+    write_digit_tree(tmp_path / "data" / "val", per_class=3, offset=6)
+    config = Config.from_dict({"finetune": {"baseline": str(tmp_path / "tiny.onnx")},
+                               "extract": {"precision": "int8", "threads": 1},
+                               "estimate": {"episodes": 4, "threads": 1},
+                               "report": {"enabled": False}, "filter": {"output": "none"}})
+    result = clean(tmp_path / "data" / "train", tmp_path / "data" / "val", tmp_path / "run",
+                   config, progress=False)
+    int8 = resolve_model(str(tmp_path / "tiny.onnx"), "int8")
+    assert result.extract.model["sha256"] == int8.sha256 and result.extract.dim == 8
+    meta = json.loads(int8.path.with_suffix(".json").read_text())
+    assert meta["calibration"] == f"18 images of {(tmp_path / 'data' / 'train').resolve()}"
+    assert "quantize" in result.seconds
+    again = clean(tmp_path / "data" / "train", tmp_path / "data" / "val", tmp_path / "run",
+                  config, progress=False)
+    assert again.extract.up_to_date and again.extract.model["sha256"] == int8.sha256
+
+
+@needs_onnx
+def test_quantize_a_known_model_in_the_cache(tmp_path, cache):
+    """`tvclean models quantize resnet50` writes resnet50-int8, which `--model resnet50
+    --precision int8` and `--model resnet50-int8` then use (a tiny stand-in for ResNet50)."""
+    from tvcore.io.modelzoo import list_models, write_metadata
+    tiny_model(tmp_path / "tiny.onnx")
+    cache.mkdir()
+    (cache / "resnet50.onnx").write_bytes((tmp_path / "tiny.onnx").read_bytes())
+    write_metadata(cache / "resnet50.onnx", "resnet50", SMALL, 8, source="test", licence="test")
+    result = CliRunner().invoke(cli, ["models", "quantize", "resnet50"])
+    assert result.exit_code == 0, result.output
+    spec = resolve_model("resnet50", "int8")
+    assert spec.name == "resnet50-int8" and spec.path == (cache / "resnet50-int8.onnx").resolve()
+    assert spec.precision == "int8" and resolve_model("resnet50-int8").sha256 == spec.sha256
+    rows = {r["name"]: r for r in list_models()}
+    assert rows["resnet50-int8"]["status"] == "cached" and rows["resnet50-int8"]["precision"] == "int8"
+    assert rows["resnet50"]["precision"] == "fp32"

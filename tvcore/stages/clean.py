@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from ..config import SECTIONS, Config
 from ..engine.estimates import Estimates
+from ..errors import TvcleanError
 from ..io.dataset import discover
 from ..rundir import RunDir
 from .estimate import estimate
@@ -19,6 +20,21 @@ from .filter import FilterResult, filter_run
 from .finetune import FinetuneResult, finetune
 
 T = TypeVar("T")
+
+
+def _quantized_version(model: Path, train: str | Path, run: RunDir) -> None:
+    """Make sure the fine-tuned (or baseline) model has an int8 version in the cache
+    (`--precision int8`), calibrated on the training images when TRAIN is a folder."""
+    from ..io.modelzoo import resolve_model
+    from ..io.quantize import quantize
+    try:
+        resolve_model(str(model), "int8")
+        return
+    except TvcleanError:
+        pass
+    calibration = train if Path(train).is_dir() else None
+    result = quantize(str(model), calibration=calibration)
+    run.log(f"quantize: {model} -> {result.path} ({result.sha256[:12]})")
 
 
 @dataclass
@@ -71,6 +87,8 @@ def _clean(train: str | Path, val: str | Path | None, run: RunDir, config: Confi
         tuned = timed("finetune", finetune, train, val, run, config, progress)
         config = copy.deepcopy(config)  # extract.model becomes the fine-tuned file
         config.extract.model = str(tuned.model_path)
+        if config.extract.precision == "int8":
+            timed("quantize", _quantized_version, tuned.model_path, train, run)
     extracted = timed("extract", extract, train, val, run, config, progress, cluster)
     estimates = timed("estimate", estimate, run, config, progress, cluster)
     filtered = timed("filter", filter_run, run, config, progress)
