@@ -186,3 +186,13 @@ def test_cli_finetune_device_cuda_without_a_gpu(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.output.startswith("Error: --device cuda: torch ")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_decode_workers_take_the_cores_inference_leaves():
+    from tvcore.cores import available_cores
+    from tvcore.io.inference import decode_workers_for
+    assert decode_workers_for("cpu", 0, 8) == 8  # inference on every core: they share them
+    assert decode_workers_for("cpu", 6, 8) == 2 and decode_workers_for("cpu", 8, 8) == 1
+    assert decode_workers_for("cuda", 1, 8) == 8  # the GPU infers; every core decodes
+    with FeatureExtractor(resolve_model("efficientnet-lite0"), threads=1) as extractor:
+        assert extractor.decode_workers == max(1, available_cores() - 1)

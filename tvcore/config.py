@@ -149,7 +149,10 @@ class ExtractConfig:
     batch_size: int = option(0, "Images per inference call (0 = 16 on the CPU, 64 on a GPU).")
     threads: int = option(0, "Cores for onnxruntime inference (0 = all), run as concurrent "
                              "streams.")
-    decode_workers: int = option(0, "Image-decoding threads (0 = one per core).")
+    # 0 = tvcore.io.inference.decode_workers_for
+    decode_workers: int = option(0, "Image-decoding threads (0 = the cores that inference "
+                                    "leaves with --threads N, else one per core; on a GPU one "
+                                    "per core).")
     max_pixels: int = option(89_478_485, "Images with more pixels are skipped as "
                                          "decompression bombs.")
 

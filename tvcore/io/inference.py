@@ -33,7 +33,8 @@ class FeatureExtractor:
     streams onnxruntime threads: on few cores, single-threaded calls side by
     side use the CPU better than one call split over all cores, and leave no
     idle gaps for the decoders to wait in. On a GPU, GPU_STREAMS calls.
-    decode_workers: decoding threads (0 = one per core). device: "auto",
+    decode_workers: decoding threads (0 = decode_workers_for: the cores that
+    inference leaves, or every core where they share them). device: "auto",
     "cpu" or "cuda" (tvcore.device); self.device is where it runs.
     batch_size: 0 = the device's own. Use as a context manager.
     """
@@ -43,7 +44,7 @@ class FeatureExtractor:
         self.model = model
         self.max_pixels = max_pixels
         cores = available_cores()
-        threads = threads or cores
+        inference_threads, threads = threads, threads or cores
         providers = onnx_providers(device)
         cpu_streams = min(threads, MAX_STREAMS)
         self.streams = GPU_STREAMS if providers[0] == CUDA_PROVIDER else cpu_streams
@@ -54,7 +55,9 @@ class FeatureExtractor:
         self.batch_size = batch_size_for(batch_size, self.device)
         self.input_name, self.output_name = _io_names(self.session, model)
         self.dim = self._probe_dim()
-        self.decoders = ThreadPoolExecutor(decode_workers or cores, thread_name_prefix="tvclean-decode")
+        self.decode_workers = decode_workers or decode_workers_for(self.device, inference_threads,
+                                                                  cores)
+        self.decoders = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="tvclean-decode")
         self.runners = ThreadPoolExecutor(self.streams, thread_name_prefix="tvclean-infer")
         # Input batches are decoded in place into reused buffers: a fresh 600 kB array per
         # image (and a np.stack per batch) cost more in page faults than the normalising.
@@ -148,6 +151,19 @@ class FeatureExtractor:
             raise TvcleanError(f"model {self.model.path}: output {self.output_name!r} has shape "
                                f"{list(out.shape)} for one image; expected (N, D) features")
         return int(out.shape[1])
+
+
+def decode_workers_for(device: str, threads: int, cores: int) -> int:
+    """Decoding threads when --decode-workers is 0.
+
+    On a GPU every core decodes (decoding is then the CPU's only work). On the
+    CPU with --threads 0 inference and decoding share every core: one decoder
+    per core, kept from running ahead by the PREFETCH_BATCHES bound, so the
+    cores go to whichever side has work. With --threads N the other cores decode.
+    """
+    if device == "cuda" or threads == 0:
+        return cores
+    return max(1, cores - threads)
 
 
 def _cache_pillow_blocks(blocks: int) -> int | None:
