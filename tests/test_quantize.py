@@ -308,3 +308,21 @@ def test_quantize_a_known_model_in_the_cache(tmp_path, cache):
     rows = {r["name"]: r for r in list_models()}
     assert rows["resnet50-int8"]["status"] == "cached" and rows["resnet50-int8"]["precision"] == "int8"
     assert rows["resnet50"]["precision"] == "fp32"
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_the_embedded_int8_model_rebuilds_byte_for_byte(tmp_path):
+    """models/quantize_efficientnet_lite0.py's recipe gives the committed file (with the
+    versions it was made with; other versions may serialise another valid graph)."""
+    import onnx
+
+    from tvcore.io.quantize import calibration_images, quantize_model
+    meta = json.loads((embedded_dir() / "efficientnet-lite0-int8.json").read_text())
+    made_with = meta["quantized_with"]
+    if (made_with["onnxruntime"], made_with["onnx"]) != (ort.__version__, onnx.__version__):
+        pytest.skip(f"made with {made_with}, here onnxruntime {ort.__version__}, "
+                    f"onnx {onnx.__version__}")
+    fp32 = resolve_model("efficientnet-lite0")
+    quantize_model(fp32.path, tmp_path / "int8.onnx", calibration_images(fp32.preprocess))
+    assert sha256_file(tmp_path / "int8.onnx") == meta["sha256"]
