@@ -196,3 +196,31 @@ def test_decode_workers_take_the_cores_inference_leaves():
     assert decode_workers_for("cuda", 1, 8) == 8  # the GPU infers; every core decodes
     with FeatureExtractor(resolve_model("efficientnet-lite0"), threads=1) as extractor:
         assert extractor.decode_workers == max(1, available_cores() - 1)
+
+
+def test_gpu_provider_that_cannot_load_the_model(monkeypatch):
+    """onnxruntime-gpu whose CUDA libraries are missing fails to create a CUDA session:
+    auto falls back to the CPU, cuda says so in one line."""
+    real = onnxruntime.InferenceSession
+
+    def session(path, options=None, providers=None):
+        if providers and providers[0] == CUDA:
+            raise RuntimeError("CUDA failure 35:\n libcudnn.so.9 not found")
+        return real(path, options, providers=providers)
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(onnxruntime, "InferenceSession", session)
+    model = resolve_model("efficientnet-lite0")
+    with FeatureExtractor(model, threads=1, decode_workers=1, device="auto") as extractor:
+        assert extractor.device == "cpu" and extractor.batch_size == 16
+    with pytest.raises(TvcleanError, match=r"^--device cuda: model .*efficientnet-lite0.onnx does "
+                                           r"not load on CUDAExecutionProvider \(CUDA failure 35: "
+                                           r"libcudnn.so.9 not found\); use --device cpu or auto$"):
+        FeatureExtractor(model, threads=1, decode_workers=1, device="cuda")
+
+
+def test_clean_device_applies_to_fine_tuning_too():
+    from tvclean.clean_cmd import run_config
+    config = run_config(None, {"extract__device": "cpu", "finetune__enabled": True}, None)
+    assert config.extract.device == config.finetune.device == "cpu"
+    assert run_config(None, {}, None).finetune.device == "auto"

@@ -48,7 +48,7 @@ class FeatureExtractor:
         providers = onnx_providers(device)
         cpu_streams = min(threads, MAX_STREAMS)
         self.streams = GPU_STREAMS if providers[0] == CUDA_PROVIDER else cpu_streams
-        self.session = _open_session(model, max(1, threads // self.streams), providers)
+        self.session = _open_session(model, max(1, threads // self.streams), providers, device)
         self.device = session_device(device, self.session.get_providers())
         if self.device == "cpu":
             self.streams = cpu_streams  # also when onnxruntime-gpu fell back to the CPU
@@ -183,9 +183,10 @@ def _restore_pillow_blocks(before: int) -> None:
     Image.core.set_blocks_max(before)
 
 
-def _open_session(model: ModelSpec, threads: int, providers: list[str]):
+def _open_session(model: ModelSpec, threads: int, providers: list[str], device: str = "cpu"):
     """A session on `providers` whose every CPU run uses `threads` onnxruntime threads
-    (1: the caller's own)."""
+    (1: the caller's own). If the GPU provider fails to load the model, `auto` falls back
+    to the CPU and `cuda` is an error."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -195,15 +196,18 @@ def _open_session(model: ModelSpec, threads: int, providers: list[str]):
     try:
         return ort.InferenceSession(str(model.path), options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
-        if len(providers) > 1:  # e.g. onnxruntime-gpu without the CUDA libraries
-            try:
-                ort.InferenceSession(str(model.path), options, providers=providers[-1:])
-            except Exception:
-                pass
-            else:
-                raise TvcleanError(f"model {model.path} does not load on {providers[0]} "
-                                   f"({one_line(exc)}); use --device cpu") from None
-        raise TvcleanError(f"cannot load model {model.path}: {one_line(exc)}") from None
+        failure = one_line(exc)
+    if len(providers) > 1:  # e.g. onnxruntime-gpu without the CUDA libraries
+        try:
+            fallback = ort.InferenceSession(str(model.path), options, providers=providers[-1:])
+        except Exception:
+            pass
+        else:
+            if device != "cuda":
+                return fallback
+            raise TvcleanError(f"--device cuda: model {model.path} does not load on "
+                               f"{providers[0]} ({failure}); use --device cpu or auto")
+    raise TvcleanError(f"cannot load model {model.path}: {failure}")
 
 
 def _io_names(session, model: ModelSpec) -> tuple[str, str]:
