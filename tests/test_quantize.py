@@ -326,3 +326,16 @@ def test_the_embedded_int8_model_rebuilds_byte_for_byte(tmp_path):
     fp32 = resolve_model("efficientnet-lite0")
     quantize_model(fp32.path, tmp_path / "int8.onnx", calibration_images(fp32.preprocess))
     assert sha256_file(tmp_path / "int8.onnx") == meta["sha256"]
+
+
+@needs_onnx
+def test_quantize_refuses_names_that_belong_to_other_models(tmp_path, cache):
+    from tvcore.io.quantize import quantize
+    tiny_model(tmp_path / "tiny.onnx")
+    with pytest.raises(TvcleanError, match=r"^efficientnet-lite0-int8 is embedded in tvclean: give "
+                                           r"the int8 model another name \(--name\) or an output "
+                                           r"file \(-o\)$"):
+        quantize("efficientnet-lite0")
+    with pytest.raises(TvcleanError, match=r"^resnet50 is an fp32 model: give the int8 model"):
+        quantize(str(tmp_path / "tiny.onnx"), name="resnet50")
+    assert not cache.exists() or not any(cache.iterdir())

@@ -215,6 +215,11 @@ def quantize(model: str, out: str | Path | None = None, name: str | None = None,
     if spec.precision == "int8":
         raise TvcleanError(f"model {model} is already int8")
     stem = name or int8_name(model, spec)
+    known = KNOWN_MODELS.get(stem)
+    if known is not None and (known.precision != "int8" or (known.embedded and out is None)):
+        what = "an fp32 model" if known.precision != "int8" else "embedded in tvclean"
+        raise TvcleanError(f"{stem} is {what}: give the int8 model another name (--name) "
+                           f"or an output file (-o)")
     dest = _output_path(out, stem)
     if calibration is None:
         images = calibration_images(spec.preprocess)
@@ -227,7 +232,6 @@ def quantize(model: str, out: str | Path | None = None, name: str | None = None,
     from .inference import _io_names
     input_name, output_name = _io_names(session, spec)
     quantize_model(spec.path, dest, images, input_name, output_name)
-    known = KNOWN_MODELS.get(stem)
     import onnx
     import onnxruntime
     metadata = write_metadata(
