@@ -107,6 +107,16 @@ def test_extract_on_the_cluster_equals_local_bitwise(cluster, images, local_feat
     assert again.up_to_date
 
 
+def test_int8_extract_on_the_cluster_equals_local_bitwise(cluster, images, tmp_path):
+    """--precision int8 is resolved on every worker to the same int8 file as locally."""
+    config = Config(extract=ExtractConfig(batch_size=4, threads=1, decode_workers=1,
+                                          precision="int8", device="cpu"))
+    local = extract(images, None, tmp_path / "local", config, progress=False)
+    remote = extract(images, None, tmp_path / "cluster", config, progress=False, cluster=cluster)
+    assert local.model["name"] == remote.model["name"] == "efficientnet-lite0-int8"
+    same_features(tmp_path / "local", tmp_path / "cluster")
+
+
 def _done(record) -> int:
     return sum(b - a for a, b in json.loads(record.read_text())["done"])
 

@@ -7,6 +7,7 @@ The stage functions are imported on first use, so `import tvcore` stays light:
     tvcore.finetune(...)  # optional: fine-tune the CNN first (torch extra)
     tvcore.extract(...); tvcore.estimate(run); tvcore.filter_run(run); tvcore.write_report(run)
     tvcore.evaluate(run, "truth.csv")
+    tvcore.quantize("resnet50")  # an int8 version for --precision int8 (quantize extra)
     tvcore.load_training_values(run)                           # a pandas DataFrame
     tvcore.find_label_issues(X, y, X_val, y_val)                # the algorithm on arrays
 
@@ -51,6 +52,7 @@ _LAZY = {
     "RunDir": "rundir",
     "load_features": "rundir",
     "load_estimates": "rundir",
+    "quantize": "io.quantize",
 }
 
 
