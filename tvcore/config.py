@@ -135,8 +135,9 @@ class ExtractConfig:
     """Feature extraction (`tvclean extract`)."""
 
     model: str = option("efficientnet-lite0", "Feature extractor: a known model name "
-                                              "(efficientnet-lite0, resnet50), a model in the "
-                                              "cache, or a path to an .onnx file.")
+                                              "(efficientnet-lite0, efficientnet-lite0-int8, "
+                                              "resnet50, resnet50-int8), a model in the cache, "
+                                              "or a path to an .onnx file.")
     precision: str = option("fp32", "int8: the model's int8 version (embedded for "
                                     "efficientnet-lite0, about twice as fast on a CPU with "
                                     "VNNI; others need `tvclean models quantize` first); fp32: "

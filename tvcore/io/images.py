@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .image_kernels import normalise_grey_into, normalise_rgb_into
-
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default limit
 
 _bomb_warning_silenced = False
@@ -163,6 +161,8 @@ def normalise(pixels: np.ndarray, prep: Preprocess, out: np.ndarray | None = Non
     of a fresh array also saves the page faults of a new 600 kB allocation,
     which cost more than the arithmetic.
     """
+    from .image_kernels import normalise_grey_into, normalise_rgb_into  # numba: on first use
+
     scale = 1.0 / np.asarray(prep.std, dtype=np.float32)
     offset = -np.asarray(prep.mean, dtype=np.float32) * scale
     if out is None:
