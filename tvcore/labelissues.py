@@ -24,6 +24,7 @@ from .engine.estimates import Estimates
 from .engine.featurenorm import FeatureView
 from .engine.problem import ValuationInputs, from_arrays, monte_carlo_problem
 from .engine.valuenet import ValueNet
+from .errors import TvcleanError
 
 
 @dataclass
@@ -38,20 +39,29 @@ class ValueResult:
     scored: Scored
     inputs: ValuationInputs
     warnings: list[str] = field(default_factory=list)
+    reviewed: dict[int, int | None] = field(default_factory=dict)  # row -> class, None: discard
 
 
 def training_values(train_features: Any, train_labels: Any, val_features: Any, val_labels: Any,
                     config: Config | Mapping[str, Mapping[str, Any]] | None = None,
-                    classes: Sequence[Any] | None = None) -> ValueResult:
+                    classes: Sequence[Any] | None = None,
+                    reviewed: Mapping[int, int | None] | None = None) -> ValueResult:
     """The whole Training-ValueNet algorithm on arrays.
 
     train_features (n, D), train_labels (n,) weak labels, val_features (m, D),
     val_labels (m,) correct labels; config: a Config, or {section: {option:
-    value}} overrides of the defaults.
+    value}} overrides of the defaults. reviewed: what a person decided,
+    {training row: its class index, or None to discard}: as in a run
+    directory, those images are left out of the Monte-Carlo subset, the ones
+    with a class join the validation set (with that class), and their
+    decisions are the person's.
     """
     config = _config(config)
     inputs = from_arrays(train_features, train_labels, val_features, val_labels, classes)
-    subset, problem, center = monte_carlo_problem(inputs, config.estimate)
+    reviewed = dict(reviewed or {})
+    exclude, extra = _review_rows(reviewed, inputs) if config.estimate.use_reviews and reviewed \
+        else (None, None)
+    subset, problem, center = monte_carlo_problem(inputs, config.estimate, exclude, extra)
     acc = montecarlo.estimate_values(problem)
     train = inputs.train
     est = Estimates(rows=subset.train_rows, labels=train.labels[subset.train_rows],
@@ -62,8 +72,27 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     nets = fit_class_valuenets(view, est, inputs.class_names, config, warnings)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
                                 config.filter)
+    for row, label in reviewed.items():
+        given = int(train.labels[row])
+        scored.decisions[row] = "dirty" if label is None else (
+            "clean" if label == given else "relabel")
+        if label is not None and label != given:
+            scored.suggested[row] = label
     return ValueResult(values=scored.values, scores=scored.scores, dirty=scored.dirty, mc=est,
-                       nets=nets, scored=scored, inputs=inputs, warnings=warnings)
+                       nets=nets, scored=scored, inputs=inputs, warnings=warnings,
+                       reviewed=reviewed)
+
+
+def _review_rows(reviewed: dict[int, int | None], inputs: ValuationInputs
+                 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    n, k = len(inputs.train), inputs.n_classes
+    for row, label in reviewed.items():
+        if not 0 <= row < n or (label is not None and not 0 <= label < k):
+            raise TvcleanError(f"reviewed: row {row} (of {n}) or class {label} (of {k}) is out "
+                               f"of range")
+    correct = sorted(r for r, label in reviewed.items() if label is not None)
+    return (np.array(sorted(reviewed), np.int64),
+            (np.array(correct, np.int64), np.array([reviewed[r] for r in correct], np.int64)))
 
 
 def _config(config: Config | Mapping[str, Mapping[str, Any]] | None) -> Config:
@@ -127,10 +156,15 @@ def find_label_issues(features: Any, labels: Any, val_features: Any, val_labels:
 def result_table(result: ValueResult, paths: Sequence[str] | None = None,
                  abs_paths: Sequence[str] | None = None):
     """The training_values table (tvcore.rundir.tables.TrainingValues) of a result."""
-    from .rundir.tables import training_values_table
+    from .rundir.tables import ISSUE_DECISIONS, training_values_table
 
-    return training_values_table(result.inputs.train.labels, result.inputs.class_names,
-                                 result.scored, result.mc, paths, abs_paths)
+    table = training_values_table(result.inputs.train.labels, result.inputs.class_names,
+                                  result.scored, result.mc, paths, abs_paths)
+    for row, label in result.reviewed.items():
+        table.decision_source[row] = "reviewed"
+        table.is_label_issue[row] = table.decision[row] in ISSUE_DECISIONS
+        table.reviewed_label[row] = "" if label is None else result.inputs.class_names[label]
+    return table
 
 
 __all__ = ["LabelIssues", "ValueResult", "find_label_issues", "training_values",
