@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from tvcore.cluster import open_cluster
-from tvcore.config import ExtractConfig
+from tvcore.config import Config, ExtractConfig
 from tvcore.stages.clean import clean
 
 from .common import echo_json, info, user_errors
@@ -20,7 +22,7 @@ from .options import build_config, cluster_options, config_file_option, stage_op
 EXTRACT_OPTIONS = [f.name for f in dataclasses.fields(ExtractConfig) if f.name != "threads"]
 
 
-def clean_options(fn):
+def clean_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = stage_options("report", ["enabled"], flags={"enabled": "report"})(fn)
     for section, names in (("filter", None), ("valuenet", VALUENET_OPTIONS),
                            ("estimate", None), ("extract", EXTRACT_OPTIONS)):
@@ -28,7 +30,7 @@ def clean_options(fn):
     return stage_options("finetune", ["enabled", "baseline"], flags={"enabled": "finetune"})(fn)
 
 
-def run_config(config_file, options, run):
+def run_config(config_file: str | None, options: dict[str, Any], run: str) -> Config:
     """The Config of a one-shot run: --threads applies to extraction (and fine-tuning) as
     well, --device to fine-tuning too; with --finetune, --model names the backbone to
     fine-tune."""
@@ -53,7 +55,8 @@ def run_config(config_file, options, run):
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def clean_command(train, val, run, config_file, as_json, scheduler, workers, **options):
+def clean_command(train: str, val: str | None, run: str, config_file: str | None, as_json: bool,
+                  scheduler: str | None, workers: int | None, **options: Any) -> None:
     """Find and set aside the mislabeled images of TRAIN, using the correct labels of VAL.
 
     Runs extract, estimate and filter (and the report) into RUN, after

@@ -7,19 +7,22 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
 from tvcore.errors import TvcleanError, os_error_message
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def user_errors(fn: Callable) -> Callable:
+
+def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn TvcleanError (and operating-system errors: a full disk, a read-only folder, a
     missing permission) into a one-line click error (exit code 1, no traceback)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except TvcleanError as exc:

@@ -9,7 +9,7 @@ from tvcore.stages.demo import DEMO_NOISE, run_demo
 from .common import echo_json, user_errors
 
 
-def _fmt(value) -> str:
+def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
@@ -19,7 +19,7 @@ def _fmt(value) -> str:
               help="Folder for the demo data (OUT/data) and its run directory (OUT/run).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def demo_command(out, as_json):
+def demo_command(out: str, as_json: bool) -> None:
     """Clean a real demo data set whose mislabeled images are known.
 
     Writes 2,500 Fashion-MNIST training photos (10 classes, 20% of labels

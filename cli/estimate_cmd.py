@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import numpy as np
 
@@ -19,7 +21,8 @@ from .options import build_config, cluster_options, config_file_option, stage_op
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def estimate_command(run, config_file, as_json, scheduler, workers, **options):
+def estimate_command(run: str, config_file: str | None, as_json: bool, scheduler: str | None,
+                     workers: int | None, **options: Any) -> None:
     """Estimate each subset image's training-value by Monte-Carlo training.
 
     Reads RUN/features (from `tvclean extract`) and writes RUN/estimates. An

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tvcore.cluster import open_cluster
@@ -23,8 +25,9 @@ ERRORS_SHOWN = 5
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def extract_command(train, val, run, config_file, as_json, scheduler, workers,
-                    **options):
+def extract_command(train: str, val: str | None, run: str, config_file: str | None,
+                    as_json: bool, scheduler: str | None, workers: int | None,
+                    **options: Any) -> None:
     """Extract CNN features of the TRAIN and VAL images into RUN/features.
 
     TRAIN and VAL are folders with one subfolder per class (nested folders

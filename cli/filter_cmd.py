@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from tvcore.stages.filter import filter_run
+from tvcore.stages.filter import FilterResult, filter_run
 
 from .common import echo_json, info, user_errors
 from .options import build_config, config_file_option, stage_options
@@ -12,7 +14,7 @@ from .options import build_config, config_file_option, stage_options
 VALUENET_OPTIONS = ("loss", "target_scale")  # the value-net options a user may want to change
 
 
-def print_filter_summary(result) -> None:
+def print_filter_summary(result: FilterResult) -> None:
     counts = result.counts
     relabelled = f", {counts['relabel']} relabelled" if counts.get("relabel") else ""
     click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded{relabelled}, "
@@ -24,7 +26,7 @@ def print_filter_summary(result) -> None:
                    f"({share:6.1%})")
 
 
-def filter_summary(result) -> dict:
+def filter_summary(result: FilterResult) -> dict[str, Any]:
     return {"counts": result.counts, "per_class": result.per_class,
             "warnings": result.warnings, "seconds": round(result.seconds, 3)}
 
@@ -36,7 +38,7 @@ def filter_summary(result) -> dict:
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def filter_command(run, config_file, as_json, **options):
+def filter_command(run: str, config_file: str | None, as_json: bool, **options: Any) -> None:
     """Predict every training image's value and split the data set.
 
     Trains one Training-ValueNet per class on RUN/estimates, writes

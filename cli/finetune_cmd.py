@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import click
 
@@ -24,7 +25,8 @@ FINETUNE_OPTIONS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name
 @config_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @user_errors
-def finetune_command(train, val, run, config_file, as_json, **options):
+def finetune_command(train: str, val: str | None, run: str, config_file: str | None,
+                     as_json: bool, **options: Any) -> None:
     """Fine-tune an ImageNet CNN on the weak labels of TRAIN (needs tvclean[torch]).
 
     Trains the backbone plus a softmax head with SGD, keeps the epoch with the

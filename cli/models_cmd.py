@@ -10,7 +10,7 @@ from .common import echo_json, info, user_errors
 
 
 @click.group("models")
-def models_group():
+def models_group() -> None:
     """List, export, fetch and quantize feature-extractor models.
 
     Exported and fetched models live in the cache ($TVCLEAN_CACHE, default
@@ -21,7 +21,7 @@ def models_group():
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @user_errors
-def list_command(as_json):
+def list_command(as_json: bool) -> None:
     """List the known and cached models and whether each is available."""
     rows = list_models()
     if as_json:
@@ -44,7 +44,7 @@ def list_command(as_json):
 @click.option("--untrained", is_flag=True,
               help="Export random weights (for tests), named NAME-untrained.")
 @user_errors
-def export_command(name, out, weights, untrained):
+def export_command(name: str, out: str | None, weights: str | None, untrained: bool) -> None:
     """Export NAME to ONNX from its pretrained torch weights (needs tvclean[torch]).
 
     The export is checked against torch (max |difference| printed) and gets a
@@ -61,7 +61,7 @@ def export_command(name, out, weights, untrained):
 @click.option("--url", help="Where the ONNX file is published (http, https or file).")
 @click.option("--sha256", "sha256", help="Expected sha256 of the file (64 hex digits).")
 @user_errors
-def fetch_command(name, url, sha256):
+def fetch_command(name: str, url: str | None, sha256: str | None) -> None:
     """Download a published ONNX model into the cache as NAME, verified by sha256.
 
     A wrong checksum or an interrupted download is an error and leaves
@@ -84,7 +84,8 @@ def fetch_command(name, url, sha256):
 @click.option("--calibration-images", "limit", type=click.IntRange(min=1), default=128,
               show_default=True, help="At most this many images of --calibration.")
 @user_errors
-def quantize_command(model, name, out, calibration, limit):
+def quantize_command(model: str, name: str | None, out: str | None, calibration: str | None,
+                     limit: int) -> None:
     """Make an int8 version of MODEL (a known or cached model, or an .onnx file).
 
     Static QDQ quantization with onnxruntime (int8 weights per channel, uint8

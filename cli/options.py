@@ -52,7 +52,7 @@ def stage_options(section: str, names: Sequence[str] | None = None,
     return decorate
 
 
-def _remember_preset(ctx: click.Context, param: click.Parameter, value: str | None):
+def _remember_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     ctx.meta["tvclean.preset"] = value
 
 

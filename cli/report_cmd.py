@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from tvcore.stages.report import write_report
@@ -16,7 +18,7 @@ from .options import build_config, stage_options
 @click.option("--open", "open_page", is_flag=True,
               help="Open the report in the default web browser afterwards.")
 @user_errors
-def report_command(run, open_page, **options):
+def report_command(run: str, open_page: bool, **options: Any) -> None:
     """Write RUN/report/index.html and print its path.
 
     One self-contained page (plots and thumbnails embedded, no network needed):

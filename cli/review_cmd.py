@@ -16,7 +16,7 @@ from .common import info, user_errors
 @click.option("--no-open", "no_open", is_flag=True,
               help="Do not open a web browser; just print the page's URL.")
 @user_errors
-def review_command(run, port, no_open):
+def review_command(run: str, port: int, no_open: bool) -> None:
     """Review the decisions of RUN in a web page, image by image.
 
     Serves a page on 127.0.0.1 only (other machines cannot reach it), at a URL

@@ -19,10 +19,14 @@ from collections.abc import Callable, Iterator, Sequence
 # What a cancelled Dask future raises (distributed's FutureCancelledError derives from it).
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any
 
 from .cores import available_cores
 from .errors import TvcleanError, one_line
+
+if TYPE_CHECKING:
+    import distributed
 
 RETRIES = 2  # extra attempts Dask makes of a task that raised or lost its worker
 RESCATTERS = 2  # times shared data lost with workers is sent again before giving up
@@ -30,7 +34,7 @@ TASKS_PER_THREAD = 2  # tasks in flight per worker thread: keeps workers busy, b
 INSTALL_HINT = "pip install 'tvclean[dask]'"
 
 
-def _dask():
+def _dask() -> ModuleType:
     """The `distributed` module, or a TvcleanError telling how to install it."""
     try:
         import distributed
@@ -48,7 +52,7 @@ class Cluster:
     """
 
     def __init__(self, scheduler: str | None = None, workers: int = 0,
-                 threads_per_worker: int = 1, client: Any = None):
+                 threads_per_worker: int = 1, client: Any = None) -> None:
         if scheduler and workers:
             raise TvcleanError("give either --scheduler (a running cluster) or --workers "
                                "(a local one), not both")
@@ -58,15 +62,17 @@ class Cluster:
             raise TvcleanError(f"threads per worker must be >= 1, got {threads_per_worker}")
         self.scheduler, self.workers = scheduler, workers
         self.threads_per_worker = threads_per_worker
-        self._client, self._local, self._owned = client, None, client is None
+        self._client: distributed.Client | None = client
+        self._local: distributed.LocalCluster | None = None
+        self._owned = client is None
 
     @property
-    def client(self):
+    def client(self) -> distributed.Client:
         if self._client is None:
             self._client = self._connect() if self.scheduler else self._start_local()
         return self._client
 
-    def _connect(self):
+    def _connect(self) -> distributed.Client:
         distributed = _dask()
         try:
             # a malformed address would leave a half-made Client that complains at exit
@@ -77,7 +83,7 @@ class Cluster:
             raise TvcleanError(f"cannot connect to the Dask scheduler at {self.scheduler!r} "
                                f"(--scheduler): {one_line(exc)}") from None
 
-    def _start_local(self):
+    def _start_local(self) -> distributed.Client:
         distributed = _dask()
         self._local = distributed.LocalCluster(
             n_workers=self.workers or 1, threads_per_worker=self.threads_per_worker,
@@ -104,12 +110,14 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.close()
 
 
 @contextlib.contextmanager
-def open_cluster(scheduler: str | None = None, workers: int | None = None):
+def open_cluster(scheduler: str | None = None,
+                 workers: int | None = None) -> Iterator[Cluster | None]:
     """Yield a Cluster for --scheduler/--workers, or None (the local path) when neither is given."""
     if not scheduler and not workers:
         yield None
@@ -150,7 +158,8 @@ def _host(address: str) -> str:
 
 # --- running tasks ---------------------------------------------------------------------------
 
-def run_tasks(cluster: Cluster, fn: Callable, tasks: Sequence[tuple], *shared: Any,
+def run_tasks(cluster: Cluster, fn: Callable[..., Any], tasks: Sequence[tuple[Any, ...]],
+              *shared: Any,
               names: Sequence[str], ordered: bool = True) -> Iterator[tuple[int, Any]]:
     """Yield (i, fn(*shared, *tasks[i])) for every task, computed on the cluster.
 
@@ -196,7 +205,7 @@ class LostSharedData(TvcleanError):
     """A task was cancelled because data it needed was lost with a worker (re-send it)."""
 
 
-def task_result(future, what: str) -> Any:
+def task_result(future: distributed.Future, what: str) -> Any:
     """The task's value; a final failure as a TvcleanError (TvcleanErrors as they are)."""
     distributed = _dask()
     try:

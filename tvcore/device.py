@@ -9,8 +9,12 @@ runs on an NVIDIA GPU only with the `onnxruntime-gpu` package, which replaces
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import TvcleanError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -70,7 +74,7 @@ def batch_size_for(batch_size: int, device: str) -> int:
     return batch_size or BATCH_SIZE["cuda" if device == "cuda" else "cpu"]
 
 
-def torch_device(device: str, cuda_available: bool | None = None):
+def torch_device(device: str, cuda_available: bool | None = None) -> torch.device:
     """The torch.device for `device`. cuda_available: torch.cuda.is_available() (None: ask)."""
     import torch
     check_device(device)

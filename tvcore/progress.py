@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
+from types import TracebackType
+from typing import TextIO
 
 
 class Progress:
@@ -13,7 +15,8 @@ class Progress:
     ~10 redraws per second. `update(n)` advances by n.
     """
 
-    def __init__(self, total: int, label: str, enabled: bool | None = None, stream=None):
+    def __init__(self, total: int, label: str, enabled: bool | None = None,
+                 stream: TextIO | None = None) -> None:
         self.total = max(int(total), 0)
         self.label = label
         self.done = 0
@@ -30,7 +33,8 @@ class Progress:
         self.done += n
         self._draw()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self._draw(force=True)
         if self.enabled:
             self.stream.write("\n")

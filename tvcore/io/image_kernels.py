@@ -14,7 +14,8 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def normalise_rgb_into(pixels, scale, offset, out):
+def normalise_rgb_into(pixels: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                       out: np.ndarray) -> None:
     """pixels (H, W, 3) uint8, scale/offset (3,) float32 -> out (3, H, W) float32."""
     height, width = pixels.shape[0], pixels.shape[1]
     for c in range(3):
@@ -25,7 +26,8 @@ def normalise_rgb_into(pixels, scale, offset, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def normalise_grey_into(pixels, scale, offset, out):
+def normalise_grey_into(pixels: np.ndarray, scale: np.ndarray, offset: np.ndarray,
+                        out: np.ndarray) -> None:
     """pixels (H, W) uint8 (grey, repeated on the 3 channels) -> out (3, H, W) float32."""
     height, width = pixels.shape[0], pixels.shape[1]
     for c in range(3):

@@ -9,8 +9,10 @@ from __future__ import annotations
 import queue
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +21,9 @@ from ..device import CUDA_PROVIDER, batch_size_for, onnx_providers, session_devi
 from ..errors import TvcleanError, one_line
 from .images import load_image
 from .modelzoo import ModelSpec
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 PREFETCH_BATCHES = 2  # batches decoding beyond those being inferred
 MAX_STREAMS = 4  # concurrent inference calls; each holds a batch of activations
@@ -67,7 +72,8 @@ class FeatureExtractor:
     def __enter__(self) -> FeatureExtractor:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -110,7 +116,7 @@ class FeatureExtractor:
                 pending.append(self._submit(following))
             yield result.result()
 
-    def _submit(self, paths: Sequence[str]):
+    def _submit(self, paths: Sequence[str]) -> Future[tuple[np.ndarray, dict[int, str]]]:
         prep, limit = self.model.preprocess, self.max_pixels
         batch = self._buffer()[:len(paths)]
         decoding = [self.decoders.submit(load_image, path, prep, limit, slot)
@@ -125,7 +131,8 @@ class FeatureExtractor:
             size = self.model.preprocess.size
             return np.empty((self.batch_size, 3, size, size), dtype=np.float32)
 
-    def _run_batch(self, batch: np.ndarray, decoding: list) -> tuple[np.ndarray, dict[int, str]]:
+    def _run_batch(self, batch: np.ndarray, decoding: list[Future[np.ndarray | str]]
+                   ) -> tuple[np.ndarray, dict[int, str]]:
         decoded = [future.result() for future in decoding]  # raises only when shutting down
         errors = {i: r for i, r in enumerate(decoded) if isinstance(r, str)}
         features = np.zeros((len(decoded), self.dim), dtype=np.float32)
@@ -183,7 +190,8 @@ def _restore_pillow_blocks(before: int) -> None:
     Image.core.set_blocks_max(before)
 
 
-def _open_session(model: ModelSpec, threads: int, providers: list[str], device: str = "cpu"):
+def _open_session(model: ModelSpec, threads: int, providers: list[str],
+                  device: str = "cpu") -> ort.InferenceSession:
     """A session on `providers` whose every CPU run uses `threads` onnxruntime threads
     (1: the caller's own). If the GPU provider fails to load the model, `auto` falls back
     to the CPU and `cuda` is an error."""
@@ -210,7 +218,7 @@ def _open_session(model: ModelSpec, threads: int, providers: list[str], device: 
     raise TvcleanError(f"cannot load model {model.path}: {failure}")
 
 
-def _io_names(session, model: ModelSpec) -> tuple[str, str]:
+def _io_names(session: ort.InferenceSession, model: ModelSpec) -> tuple[str, str]:
     """The input and features-output names, per the model contract."""
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]

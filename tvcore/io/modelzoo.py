@@ -30,7 +30,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..atomicfile import atomic_write_json, atomic_write_with, read_json
 from ..errors import TvcleanError, one_line
@@ -374,7 +374,7 @@ def download(url: str, dest: str | Path, sha256: str, label: str = "download",
     _check_network_allowed(url)
     dest = Path(dest)
 
-    def fetch_and_check(fh) -> None:
+    def fetch_and_check(fh: IO[bytes]) -> None:
         digest = _stream(url, fh, label, progress)
         if digest != sha256.lower():
             raise TvcleanError(f"sha256 mismatch for {url}: got {digest}, expected {sha256}; "
@@ -384,7 +384,7 @@ def download(url: str, dest: str | Path, sha256: str, label: str = "download",
     return dest
 
 
-def _stream(url: str, fh, label: str, progress: bool | None) -> str:
+def _stream(url: str, fh: IO[bytes], label: str, progress: bool | None) -> str:
     """Copy url into fh; returns the sha256 of what arrived. Raises TvcleanError if short."""
     digest = hashlib.sha256()
     received = 0

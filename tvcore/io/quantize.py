@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +29,10 @@ from ..atomicfile import FILE_MODE
 from ..errors import TvcleanError, one_line
 from .demoarchive import load_archive
 from .images import Preprocess, prepare
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime as ort
 
 QUANTIZE_EXTRA = "pip install 'tvclean[quantize]'"
 CALIBRATION_BATCH = 16
@@ -52,7 +57,7 @@ class QuantizeResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def require_onnx():
+def require_onnx() -> ModuleType:
     """Import onnx and onnxruntime.quantization, or fail telling how to install them."""
     try:
         import onnx  # noqa: F401
@@ -153,7 +158,7 @@ def quantize_model(source: str | Path, dest: str | Path, calibration: np.ndarray
     return dest
 
 
-def _name_nodes(model) -> None:
+def _name_nodes(model: onnx.ModelProto) -> None:
     """Give every unnamed node a unique name: the quantizer tells nodes apart by name."""
     taken = {node.name for node in model.graph.node}
     for i, node in enumerate(model.graph.node):
@@ -165,7 +170,7 @@ def _name_nodes(model) -> None:
             taken.add(name)
 
 
-def float_tail(model, output_name: str) -> list[str]:
+def float_tail(model: onnx.ModelProto, output_name: str) -> list[str]:
     """Names of the nodes that lead to `output_name` through _FLOAT_TAIL_OPS only."""
     producers = {out: node for node in model.graph.node for out in node.output}
     names, tensor = [], output_name
@@ -179,11 +184,11 @@ def float_tail(model, output_name: str) -> list[str]:
 class _Batches:
     """onnxruntime's CalibrationDataReader over an array of preprocessed images."""
 
-    def __init__(self, images: np.ndarray, input_name: str, batch_size: int):
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int) -> None:
         self.images, self.input_name, self.batch_size = images, input_name, batch_size
-        self._iter: Iterator | None = None
+        self._iter: Iterator[int] | None = None
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         if self._iter is None:
             self._iter = iter(range(0, len(self.images), self.batch_size))
         first = next(self._iter, None)
@@ -294,7 +299,7 @@ def feature_agreement(fp32: str | Path, int8: str | Path, prep: Preprocess,
     return result
 
 
-def _session(path: str | Path):
+def _session(path: str | Path) -> ort.InferenceSession:
     import onnxruntime as ort
     try:
         return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

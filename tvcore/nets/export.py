@@ -12,11 +12,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from ..atomicfile import FILE_MODE
 from ..errors import TvcleanError
 from ..io.modelzoo import KNOWN_MODELS, cache_dir, download, sha256_file, write_metadata
+
+if TYPE_CHECKING:
+    from .torchnets import Backbone
 
 OPSET = 17
 TORCH_EXTRA = "pip install 'tvclean[torch]'"
@@ -36,7 +40,7 @@ class ExportResult:
     metadata: dict[str, Any]
 
 
-def require_torch():
+def require_torch() -> ModuleType:
     """Import torch, or fail telling how to install the extra."""
     try:
         import torch
@@ -45,7 +49,8 @@ def require_torch():
     return torch
 
 
-def build_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None):
+def build_backbone(name: str, pretrained: bool = True,
+                   weights: str | Path | None = None) -> Backbone:
     """A torch backbone (eval mode) with forward_features and classifier.
 
     name: "efficientnet-lite0" or "resnet50". pretrained: load ImageNet weights
@@ -100,7 +105,7 @@ def _load_state(path: Path, sha256: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def export_onnx(backbone, path: str | Path, input_size: int, opset: int = OPSET) -> Path:
+def export_onnx(backbone: Backbone, path: str | Path, input_size: int, opset: int = OPSET) -> Path:
     """Write backbone as ONNX: images (N,3,S,S) -> features (N,D), logits (N,C); atomic.
 
     backbone: a module with forward_features and classifier (see tvcore.torchnets).
@@ -131,7 +136,7 @@ def export_onnx(backbone, path: str | Path, input_size: int, opset: int = OPSET)
     return path
 
 
-def onnx_agreement(backbone, path: str | Path, input_size: int, batch: int = 2,
+def onnx_agreement(backbone: Backbone, path: str | Path, input_size: int, batch: int = 2,
                    seed: int = 0) -> dict[str, float]:
     """Max |onnxruntime - torch| of each output on random images (batch, 3, S, S)."""
     torch = require_torch()

@@ -40,7 +40,7 @@ class FeaturesAndLogits(nn.Module):
 class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 from the efficientnet-lite-pytorch package (module names kept)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
         self.net = EfficientNet.from_name("efficientnet-lite0")

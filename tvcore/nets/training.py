@@ -10,6 +10,7 @@ can never run code; they load on any device).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class Trainer:
     batches are moved there per step.
     """
 
-    def __init__(self, backbone: Backbone, n_classes: int, config: FinetuneConfig):
+    def __init__(self, backbone: Backbone, n_classes: int, config: FinetuneConfig) -> None:
         self.device = torch_device(config.device)
         torch.manual_seed(config.seed)  # the head's initialisation
         backbone.set_classifier(nn.Linear(backbone.classifier.in_features, n_classes))
@@ -69,10 +70,11 @@ class Trainer:
         loss = F.cross_entropy(logits, targets, reduction="sum")
         return float(loss), int((logits.argmax(1) == targets).sum())
 
-    def _on_device(self, images: np.ndarray, labels: np.ndarray):
+    def _on_device(self, images: np.ndarray, labels: np.ndarray
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.from_numpy(images).to(self.device), torch.from_numpy(labels).to(self.device))
 
-    def cpu_model(self) -> nn.Module:
+    def cpu_model(self) -> Backbone:
         """The model in evaluation mode, moved to the CPU (for the ONNX export)."""
         self.model = self.model.cpu().eval()
         return self.model
@@ -121,7 +123,7 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
 
 
 @contextmanager
-def torch_threads(threads: int, default: int):
+def torch_threads(threads: int, default: int) -> Iterator[None]:
     """Run torch with `threads` intra-op threads (0: `default`), restoring the old setting."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or default)

@@ -161,7 +161,7 @@ class RunDir:
 
     # --- stage records (RUN/.tvclean/run.json) ----------------------------------------------
 
-    def record_stage(self, stage: str, seconds: float, **details) -> None:
+    def record_stage(self, stage: str, seconds: float, **details: Any) -> None:
         """Note that `stage` finished, with its wall time (the report shows them)."""
         marker = ownership.read_marker(self.root)
         marker.setdefault("stages", {})[stage] = {

@@ -34,15 +34,18 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..atomicfile import atomic_write_csv
 from ..errors import TvcleanError, one_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DECISIONS = ("clean", "dirty", "relabel", "error")
 ISSUE_DECISIONS = ("dirty", "relabel")
@@ -137,7 +140,7 @@ class TrainingValues:
     def __len__(self) -> int:
         return len(self.path)
 
-    def frame(self, with_paths: bool = True):
+    def frame(self, with_paths: bool = True) -> pd.DataFrame:
         """The columns as a pandas DataFrame (integer and bool columns keep their types)."""
         import pandas as pd
 
@@ -156,7 +159,7 @@ def ranks(scores: np.ndarray) -> np.ndarray:
 
 
 def write_training_values(path: Path, table: TrainingValues) -> None:
-    def rows():
+    def rows() -> Iterator[tuple[Any, ...]]:
         for i in range(len(table)):
             yield (table.path[i], table.abs_path[i], table.given_label[i],
                    int(table.given_label_index[i]), table.decision[i],

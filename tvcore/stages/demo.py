@@ -30,7 +30,8 @@ DEMO_NOISE = 0.2
 DEMO_SEED = 0
 
 
-def flip_labels(labels: np.ndarray, noise: float, n_classes: int, seed: int):
+def flip_labels(labels: np.ndarray, noise: float, n_classes: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric noise: a `noise` fraction of labels moved to a uniformly chosen other class."""
     rng = np.random.default_rng(seed)
     flipped = np.zeros(labels.size, bool)
@@ -40,7 +41,8 @@ def flip_labels(labels: np.ndarray, noise: float, n_classes: int, seed: int):
     return given, flipped
 
 
-def _write_images(folder: Path, images, labels, prefix: str) -> list[Path]:
+def _write_images(folder: Path, images: np.ndarray, labels: np.ndarray,
+                  prefix: str) -> list[Path]:
     paths = []
     for i, (image, label) in enumerate(zip(images, labels)):
         path = folder / CLASS_NAMES[label] / f"{prefix}{i:05d}.png"

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from ..atomicfile import atomic_write_json
 from ..errors import TvcleanError
@@ -33,7 +34,8 @@ _STRATEGY_NAMES = {_PATH: "absolute path", _CLASS_FILE: "<class>/<file>",
                    _FILE_NAME: "unique file name"}
 
 
-def detection_metrics(is_mislabeled, discarded, values) -> dict:
+def detection_metrics(is_mislabeled: npt.ArrayLike, discarded: npt.ArrayLike,
+                      values: npt.ArrayLike) -> dict:
     """Detection quality of a discarded set and a value ranking against the truly mislabeled.
 
     is_mislabeled: (n,) bool, True where the given label is wrong.
@@ -74,7 +76,7 @@ def detection_metrics(is_mislabeled, discarded, values) -> dict:
     }
 
 
-def _as_1d(array, name: str) -> np.ndarray:
+def _as_1d(array: npt.ArrayLike, name: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim != 1:
         raise TvcleanError(f"detection_metrics: {name} must be 1-D, got shape {array.shape}")
@@ -376,7 +378,8 @@ def match_truth(train_paths: list[str], entries: list[_TruthEntry]) -> tuple[np.
     return train_of_truth, matched_by
 
 
-def _match_by_key(train_paths, entries, train_key, truth_key,
+def _match_by_key(train_paths: list[str], entries: list[_TruthEntry],
+                  train_key: Callable[[str], str], truth_key: Callable[[_TruthEntry], str],
                   train_of_truth: np.ndarray, taken: np.ndarray) -> int:
     """Link still-free truth entries and training rows whose keys are equal and unique on both sides."""
     train_index = _unique_keys((train_key(train_paths[i]), int(i)) for i in np.flatnonzero(~taken))
@@ -441,7 +444,7 @@ def _cells(metrics: dict) -> list[str]:
     return [_format(metrics[key], kind) for _, key, kind in _COLUMNS]
 
 
-def _format(value, kind: str) -> str:
+def _format(value: float | None, kind: str) -> str:
     if value is None:
         return "n/a"
     if kind == "d":

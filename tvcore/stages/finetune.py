@@ -31,11 +31,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,10 @@ from ..nets.augment import load_augmented
 from ..progress import Progress
 from ..rundir import RunDir
 from .extract import check_inputs_apart
+
+if TYPE_CHECKING:
+    from ..nets.torchnets import Backbone
+    from ..nets.training import Trainer
 
 MODEL_FILE = "model.onnx"
 CHECKPOINT_SECONDS = 60.0  # at most this much training is redone after a kill
@@ -264,7 +268,7 @@ def _train_and_export(dataset: Dataset, run: RunDir, config: Config, prep: Prepr
     return result
 
 
-def _backbone(settings: FinetuneConfig):
+def _backbone(settings: FinetuneConfig) -> Backbone:
     try:
         return export.build_backbone(settings.model, pretrained=settings.pretrained,
                                      weights=settings.weights or None)
@@ -273,7 +277,7 @@ def _backbone(settings: FinetuneConfig):
                            f"missing): {export.TORCH_EXTRA}") from None
 
 
-def _export(model, folder: Path, dataset: Dataset, settings: FinetuneConfig, prep: Preprocess,
+def _export(model: Backbone, folder: Path, dataset: Dataset, settings: FinetuneConfig, prep: Preprocess,
             state: dict) -> FinetuneResult:
     """Write RUN/finetune/model.onnx (+ .json) from the best epoch and check it against torch."""
     import torch
@@ -309,8 +313,8 @@ def _fresh_state(fingerprint: str) -> dict:
 class _Training:
     """The epoch loop: seeded shuffles and crops, prefetched decoding, checkpoints."""
 
-    def __init__(self, trainer, dataset: Dataset, prep: Preprocess, config: Config, folder: Path,
-                 progress: bool | None):
+    def __init__(self, trainer: Trainer, dataset: Dataset, prep: Preprocess, config: Config,
+                 folder: Path, progress: bool | None) -> None:
         from ..nets import training as finetune_torch
 
         self.ft = finetune_torch
@@ -422,7 +426,7 @@ class _Training:
                  ) -> Iterator[tuple[np.ndarray, list]]:
         """(rows, decoded images or errors) per batch, decoding PREFETCH_BATCHES ahead."""
         with ThreadPoolExecutor(available_cores(), thread_name_prefix="tvclean-decode") as pool:
-            def submit(rows):
+            def submit(rows: np.ndarray) -> tuple[np.ndarray, list[Future[np.ndarray | str]]]:
                 return rows, [pool.submit(load, int(row)) for row in rows]
 
             pending = deque(submit(rows) for rows in islice(batches, PREFETCH_BATCHES + 1))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,6 +34,11 @@ from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_tra
 from ..rundir.estimates import estimate_meta
 from ..rundir.features import check_inputs_outside
 from ..rundir.tables import DECISIONS, TrainingValues
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 THUMBNAIL_PIXELS = 112  # longest side of a thumbnail
 EMBEDDING_SEED = 0  # the t-SNE sample and layout are the same on every run
@@ -200,7 +205,7 @@ def _evaluation(run: RunDir) -> str:
         return ""
     m = read_json(path)["overall"]
 
-    def fmt(key):
+    def fmt(key: str) -> str:
         return "n/a" if m.get(key) is None else f"{m[key]:.3f}"
 
     return (f"precision {fmt('precision')}, recall {fmt('recall')}, F1 {fmt('f1')}, "
@@ -233,7 +238,7 @@ def _percent(part: int, whole: int) -> str:
 # --- plots --------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float) -> Figure:
     """A matplotlib Figure drawn by the Agg backend (no pyplot state, no display needed)."""
     # Imported here: matplotlib costs ~0.3 s to import, and only the report needs it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -244,7 +249,7 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No Software metadata: it would put matplotlib's web address into the page.
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -256,7 +261,7 @@ def _plot_text(name: str) -> str:
     return name.replace("$", r"\$")
 
 
-def _class_colours(n_classes: int) -> list:
+def _class_colours(n_classes: int) -> list[tuple[float, float, float, float]]:
     from matplotlib import colormaps
 
     if n_classes <= 10:
@@ -291,7 +296,7 @@ def histogram_section(data: ReportData, config: ReportConfig) -> Section:
     return Section("histograms", "Training-values per class", body)
 
 
-def _histogram_legend() -> tuple[list, list[str]]:
+def _histogram_legend() -> tuple[list[Artist], list[str]]:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -300,7 +305,7 @@ def _histogram_legend() -> tuple[list, list[str]]:
     return handles, ["clean", "discarded", "threshold"]
 
 
-def _class_histogram(ax, data: ReportData, label: int) -> None:
+def _class_histogram(ax: Axes, data: ReportData, label: int) -> None:
     mine = (data.labels == label) & np.isfinite(data.values)
     values, dirty = data.values[mine], data.decisions[mine] == "dirty"
     name = _plot_text(data.class_names[label])
@@ -311,7 +316,7 @@ def _class_histogram(ax, data: ReportData, label: int) -> None:
                 transform=ax.transAxes)
         return
     bins = np.histogram_bin_edges(np.append(values, data.threshold), bins=30)
-    ax.hist([values[~dirty], values[dirty]], bins=bins, stacked=True,
+    ax.hist([values[~dirty], values[dirty]], bins=bins.tolist(), stacked=True,
             color=[CLEAN_COLOUR, DIRTY_COLOUR])
     ax.axvline(data.threshold, color="black", linestyle="--", linewidth=1)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
@@ -383,16 +388,16 @@ PANELS_UP_TO = 20  # classes up to which the map is one small panel per class
 RELABEL_COLOUR = "#e08a1e"
 
 
-def _class_panel(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray, k: int) -> None:
+def _class_panel(ax: Axes, data: ReportData, rows: np.ndarray, xy: np.ndarray, k: int) -> None:
     labels, decisions = data.labels[rows], data.decisions[rows]
     mine = labels == k
     ax.scatter(xy[~mine, 0], xy[~mine, 1], s=3, color="#d5d9de", linewidths=0)
     colour = _class_colours(len(data.class_names))[k]
-    for kind, style in (("clean", dict(s=9, color=colour)),
-                        ("relabel", dict(s=16, color=RELABEL_COLOUR, edgecolors="black",
-                                         linewidths=0.3)),
-                        ("dirty", dict(s=16, color=DIRTY_COLOUR, edgecolors="black",
-                                       linewidths=0.3))):
+    styles: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("clean", dict(s=9, color=colour)),
+        ("relabel", dict(s=16, color=RELABEL_COLOUR, edgecolors="black", linewidths=0.3)),
+        ("dirty", dict(s=16, color=DIRTY_COLOUR, edgecolors="black", linewidths=0.3)))
+    for kind, style in styles:
         chosen = mine & (decisions == kind)
         ax.scatter(xy[chosen, 0], xy[chosen, 1], **style)
     dropped = int(np.sum(mine & (decisions == "dirty")))
@@ -402,7 +407,7 @@ def _class_panel(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray, k: int)
     ax.set_yticks([])
 
 
-def _scatter_classes(ax, data: ReportData, rows: np.ndarray, xy: np.ndarray) -> None:
+def _scatter_classes(ax: Axes, data: ReportData, rows: np.ndarray, xy: np.ndarray) -> None:
     from matplotlib.lines import Line2D
 
     labels, dirty = data.labels[rows], data.decisions[rows] == "dirty"
