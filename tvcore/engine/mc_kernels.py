@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .vmath import SMALL_ARGUMENT, vexpm1, vexpm1_small, vlog1p
 
@@ -32,10 +35,47 @@ _FLAGS = {"contract"}
 # Reductions need reassociation to vectorize; kept to small leaf functions.
 _SUM_FLAGS = {"contract", "reassoc", "nsz"}
 _LANES = 16  # logs left to take after multiplying the factors (1 + s_m) pairwise
+_BLOCK = 8  # SGD steps per block of the linear head's training side (the code assumes 8)
 _TILE = 256  # validation examples per tile: the tile's buffers stay in L1/L2
+_CHUNK = 64  # validation examples per inner loop of the linear head's loss update
 _BIG = 2.0 ** 40  # rescale a validation row's exponentials outside this range
 _SMALL = 2.0 ** -40
 _SMALL_ARGUMENT = 0.999 * SMALL_ARGUMENT  # margin for the rounding of gram_row * step
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Ask the CPU to bring array[index]'s cache line into L2 (a hint: no effect on values)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, i32(0), i32(2), i32(1)])  # read, L2, data
+        return context.get_dummy_value()
+    return types.void(array, types.intp), codegen
+
+
+@njit(cache=True)
+def _prefetch_lines(row, first, count):
+    """Prefetch cache lines first..first+count-1 of a 1-D array (those it has).
+
+    A step spreads the prefetches of the rows it will read next over its own
+    work: issued all at once they would stall on the few misses a core can
+    have outstanding; spread out they arrive while the core computes.
+    """
+    per_line = max(1, 64 // row.itemsize)
+    for d in range(first * per_line, min((first + count) * per_line, row.shape[0]), per_line):
+        _prefetch(row, d)  # type: ignore[call-arg]  # an intrinsic: typingctx is numba's
+
+
+@njit(cache=True)
+def _lines_per_part(row, parts):
+    """Cache lines of a 1-D array per part when its prefetch is split into `parts`."""
+    per_line = max(1, 64 // row.itemsize)
+    lines = (row.shape[0] + per_line - 1) // per_line
+    return (lines + parts - 1) // parts
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
@@ -206,52 +246,141 @@ def _scale_exps(exps_k, gram_row, ak, acc, small):
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _apply_rank1_change(exps, sums, gram_row, gram_row_absmax, step, val_bounds, acc,
-                        ratios, factors):
+def _apply_rank1_change(exps, sums, gram_row, gram_absmax, step, gram_class_sums, acc, ratios,
+                        factors, next_a, next_b):
     """As _apply_logit_change for the linear head's change u_km = gram_row[m] * step[k].
 
     The change is formed on the fly: no (K, M) buffer is written and read back.
+    gram_class_sums (K,) float64: sums of gram_row over each class's validation
+    examples. next_a, next_b: 1-D arrays the next steps read, prefetched meanwhile.
     """
-    n_val = exps.shape[1]
+    n_classes, n_val = exps.shape
     zero = exps.dtype.type(0)
+    share_a = _lines_per_part(next_a, n_classes)
+    share_b = _lines_per_part(next_b, n_classes)
     for m in range(n_val):
         acc[m] = zero
-    for k in range(exps.shape[0]):
-        small = abs(step[k]) * gram_row_absmax <= _SMALL_ARGUMENT
+    for k in range(n_classes):
+        _prefetch_lines(next_a, k * share_a, share_a)
+        _prefetch_lines(next_b, k * share_b, share_b)
+        small = abs(step[k]) * gram_absmax <= _SMALL_ARGUMENT
         _scale_exps(exps[k], gram_row, step[k], acc, small)
     drop = -_finish_tile(sums, 0, n_val, acc, ratios, factors)
-    for k in range(exps.shape[0]):
-        drop += np.float64(step[k]) * _sum64(gram_row, val_bounds[k], val_bounds[k + 1])
+    for k in range(n_classes):
+        drop += np.float64(step[k]) * gram_class_sums[k]
     return drop
 
 
 # ---------------------------------------------------------------- linear head
+#
+# The training side works in blocks of _BLOCK consecutive steps of an episode.
+# With W, b the head at the block start, x_j the block's examples and a_i the
+# step (-lr * gradient, per class) of step i, step j's logits are
+#     W x_j + b + sum_{i<j} (x_j · x_i + 1) a_i,
+# so the block needs X_B Wᵀ (one small matrix product), the block's Gram matrix
+# (lower triangle) and, at its end, one rank-B update W += A_Bᵀ X_B. The same
+# arithmetic as one step at a time, but done in register tiles that read each
+# weight once per block instead of twice per step.
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
-def _axpy_dot(row, a, x, x_next):
-    """row += a * x, then return row · x_next (one pass over row)."""
-    acc = row.dtype.type(0)
-    for d in range(row.shape[0]):
-        value = row[d] + a * x[d]
-        row[d] = value
-        acc += value * x_next[d]
-    return acc
+def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3):
+    """The 16 dot products a_p · b_q of two quadruples of 1-D arrays, in one pass."""
+    z = a0.dtype.type(0)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
+    for d in range(a0.shape[0]):
+        u0, u1, u2, u3 = b0[d], b1[d], b2[d], b3[d]
+        v = a0[d]
+        s00 += v * u0
+        s01 += v * u1
+        s02 += v * u2
+        s03 += v * u3
+        v = a1[d]
+        s10 += v * u0
+        s11 += v * u1
+        s12 += v * u2
+        s13 += v * u3
+        v = a2[d]
+        s20 += v * u0
+        s21 += v * u1
+        s22 += v * u2
+        s23 += v * u3
+        v = a3[d]
+        s30 += v * u0
+        s31 += v * u1
+        s32 += v * u2
+        s33 += v * u3
+    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
+
+
+@njit(cache=True)
+def _quad(first, last):
+    """Indices first..first+3, repeating `last` past it (a partial tile recomputes a row)."""
+    return (first, min(first + 1, last), min(first + 2, last), min(first + 3, last))
 
 
 @njit(fastmath=_FLAGS, cache=True)
-def _linear_step_and_forward(weights, bias, x, step, x_next, logits):
-    """Apply the SGD step (-lr * grad, per class) on x and compute the logits of x_next.
+def _tile_products(a, a_rows, b, b_rows, out, out_rows, out_cols):
+    """out[out_rows[p], out_cols[q]] = a[a_rows[p]] · b[b_rows[q]] for p, q < 4."""
+    sums = _dot_tile(a[a_rows[0]], a[a_rows[1]], a[a_rows[2]], a[a_rows[3]],
+                     b[b_rows[0]], b[b_rows[1]], b[b_rows[2]], b[b_rows[3]])
+    for p in range(4):
+        for q in range(4):
+            out[out_rows[p], out_cols[q]] = sums[4 * p + q]
 
-    Fusing the update with the next forward pass reads the weights once per step.
-    """
+
+@njit(fastmath=_FLAGS, cache=True)
+def _block_products(sub_feats, rows, n_rows, weights, base, gram):
+    """base (B, K) = X_B Wᵀ and gram (B, B) = X_B X_Bᵀ (lower tiles) of the block's rows."""
+    last_row = n_rows - 1
+    last_class = weights.shape[0] - 1
+    for j0 in range(0, n_rows, 4):
+        slots = _quad(j0, last_row)
+        examples = (rows[slots[0]], rows[slots[1]], rows[slots[2]], rows[slots[3]])
+        for k0 in range(0, last_class + 1, 4):
+            classes = _quad(k0, last_class)
+            _tile_products(sub_feats, examples, weights, classes, base, slots, classes)
+        for i0 in range(0, j0 + 1, 4):  # tiles on and below the diagonal
+            earlier = _quad(i0, last_row)
+            others = (rows[earlier[0]], rows[earlier[1]], rows[earlier[2]], rows[earlier[3]])
+            _tile_products(sub_feats, examples, sub_feats, others, gram, slots, earlier)
+
+
+@njit(fastmath=_SUM_FLAGS, cache=True)
+def _add_rows(w, c0, c1, c2, c3, c4, c5, c6, c7, x0, x1, x2, x3, x4, x5, x6, x7):
+    """w += sum_j c_j x_j over eight rows, in one pass over w."""
+    for d in range(w.shape[0]):
+        w[d] += (c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d]
+                 + c4 * x4[d] + c5 * x5[d] + c6 * x6[d] + c7 * x7[d])
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _block_update(sub_feats, rows, n_rows, steps, weights, bias):
+    """W += A_Bᵀ X_B and b += sum of the block's steps (rows past n_rows add zero)."""
+    x = sub_feats
+    r = rows
     for k in range(weights.shape[0]):
-        bias[k] += step[k]
-        logits[k] = _axpy_dot(weights[k], step[k], x, x_next) + bias[k]
+        s = steps[:, k]
+        _add_rows(weights[k], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                  x[r[0]], x[r[1]], x[r[2]], x[r[3]], x[r[4]], x[r[5]], x[r[6]], x[r[7]])
+        for j in range(n_rows):
+            bias[k] += s[j]
+
+
+@njit(fastmath=_FLAGS, cache=True)
+def _block_logits(base, gram, steps, bias, j, logits):
+    """Logits of the block's step j: base_j + b + sum_{i<j} (gram_ji + 1) a_i."""
+    for k in range(logits.shape[0]):
+        logits[k] = base[j, k] + bias[k]
+    for i in range(j):
+        weight = gram[j, i] + 1
+        for k in range(logits.shape[0]):
+            logits[k] += weight * steps[i, k]
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
                     init_weights, init_val_logits, order, lr, out):
     n_classes, n_val = init_val_logits.shape
     dtype = sub_feats.dtype
@@ -259,33 +388,46 @@ def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds
     bias = np.zeros(n_classes, dtype)
     exps, sums = _softmax_state(init_val_logits)
     logits = np.empty(n_classes, dtype)
-    step = np.zeros(n_classes, dtype)
+    base = np.empty((_BLOCK, n_classes), dtype)
+    gram = np.empty((_BLOCK, _BLOCK), dtype)
+    steps = np.zeros((_BLOCK, n_classes), dtype)
+    rows = np.empty(_BLOCK, np.int64)
     acc = np.empty(n_val, dtype)
     ratios = np.empty(n_val, dtype)
     factors = np.empty(ratios.shape[0], np.float64)
     n_sub = order.shape[1]
     visits = order.ravel()
-    first = sub_feats[visits[0]]
-    # A zero step on the first example is just its forward pass.
-    _linear_step_and_forward(weights, bias, first, step, first, logits)
-    for t in range(visits.shape[0]):
-        i = visits[t]
-        _softmax_grad(logits, sub_labels[i], lr, step)
-        out[t // n_sub, i] = _apply_rank1_change(exps, sums, gram_sub_val[i], gram_absmax[i],
-                                                 step, val_bounds, acc, ratios, factors)
-        _rescale_rows(exps, sums)
-        following = visits[min(t + 1, visits.shape[0] - 1)]
-        _linear_step_and_forward(weights, bias, sub_feats[i], step, sub_feats[following], logits)
+    n_steps = visits.shape[0]
+    for t0 in range(0, n_steps, _BLOCK):
+        n_rows = min(_BLOCK, n_steps - t0)
+        for j in range(_BLOCK):
+            rows[j] = visits[t0 + min(j, n_rows - 1)]
+        _block_products(sub_feats, rows, n_rows, weights, base, gram)
+        for j in range(n_rows):
+            t = t0 + j
+            i = rows[j]
+            _block_logits(base, gram, steps, bias, j, logits)
+            step = steps[j]
+            _softmax_grad(logits, sub_labels[i], lr, step)
+            # The next block's example j and the next step's Gram row.
+            next_x = sub_feats[visits[min(t + _BLOCK, n_steps - 1)]]
+            next_gram = gram_sub_val[visits[min(t + 1, n_steps - 1)]]
+            out[t // n_sub, i] = _apply_rank1_change(
+                exps, sums, gram_sub_val[i], gram_absmax[i], step, gram_class_sums[i], acc,
+                ratios, factors, next_x, next_gram)
+            _rescale_rows(exps, sums)
+        steps[n_rows:] = 0
+        _block_update(sub_feats, rows, n_rows, steps, weights, bias)
 
 
 @njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
-def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
                        init_weights, init_val_logits, orders, lr, out):
     """Summed validation-loss drops of every SGD step of a block of episodes, linear head.
 
     sub_feats (N, D), sub_labels (N,) int64, gram_sub_val (N, M) = X_sub X_valᵀ + 1,
     gram_absmax (N,) = max |gram_sub_val| per row (selects the cheap expm1 path),
-    val_bounds (K+1,) int64 class ranges of the validation examples,
+    gram_class_sums (N, K) float64: sums of gram_sub_val over each class's validation examples,
     init_weights (E, K, D), init_val_logits (E, K, M) = W0 X_valᵀ,
     orders (E, epochs, N) int64 visiting order, lr float.
     out (E, epochs, N) float64 receives, for episode e, epoch p and example i,
@@ -293,7 +435,7 @@ def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bou
     Divide by the total number of validation examples for the mean drop.
     """
     for e in prange(init_weights.shape[0]):
-        _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, val_bounds,
+        _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
                         init_weights[e], init_val_logits[e], orders[e], lr, out[e])
 
 

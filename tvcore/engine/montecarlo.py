@@ -225,9 +225,10 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
         (gram, absmax), bounds = problem.gram(block), problem.block_bounds(block)
         if problem.config.head == "linear":
             logits = weights[0].astype(np.float64) @ val_t
+            class_sums = gram_class_sums(gram, bounds)
             mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, absmax,
-                                          bounds, weights[0], _as(logits, dtype), streams.orders,
-                                          lr, part)
+                                          class_sums, weights[0], _as(logits, dtype),
+                                          streams.orders, lr, part)
         else:
             pre = _as(weights[0].astype(np.float64) @ val_t, dtype)
             logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)
@@ -240,6 +241,16 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
     check_not_diverged(drops, streams.orders, initial_loss / problem.n_val, first, lr,
                        problem.n_classes)
     return drops
+
+
+def gram_class_sums(gram: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """(N, K) float64 sums of each Gram row over each class's validation examples."""
+    sums = np.zeros((gram.shape[0], bounds.size - 1))
+    for start in range(0, gram.shape[0], _ROWS):
+        rows = gram[start:start + _ROWS]
+        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+            sums[start:start + _ROWS, k] = rows[:, lo:hi].sum(axis=1, dtype=np.float64)
+    return sums
 
 
 def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
