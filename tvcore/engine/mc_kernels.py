@@ -27,7 +27,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .vmath import SMALL_ARGUMENT, vexpm1, vexpm1_small, vlog1p
+from .vmath import SMALL_ARGUMENT, TINY_ARGUMENT, vexpm1, vexpm1_small, vexpm1_tiny, vlog1p
 
 # Loops holding vexpm1/vlog1p must not get `reassoc` (it would undo their
 # rounding tricks); `contract` (FMA) only makes them more accurate.
@@ -41,6 +41,8 @@ _CHUNK = 64  # validation examples per inner loop of the linear head's loss upda
 _BIG = 2.0 ** 40  # rescale a validation row's exponentials outside this range
 _SMALL = 2.0 ** -40
 _SMALL_ARGUMENT = 0.999 * SMALL_ARGUMENT  # margin for the rounding of gram_row * step
+_TINY_ARGUMENT_32 = 0.999 * TINY_ARGUMENT[4]
+_TINY_ARGUMENT_64 = 0.999 * TINY_ARGUMENT[8]
 
 
 @intrinsic
@@ -228,12 +230,19 @@ def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, ratios, 
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _scale_exps(exps_k, gram_row, ak, acc, small):
+def _scale_exps(exps_k, gram_row, ak, acc, bound):
     """exps_k *= exp(gram_row * ak), adding the increments to acc.
 
-    small: |gram_row * ak| <= ln2/2 everywhere, so expm1 needs no range reduction.
+    bound >= max |gram_row * ak| picks the cheapest expm1 accurate there: a
+    short polynomial for tiny arguments, no range reduction up to ln2/2.
     """
-    if small:
+    tiny = _TINY_ARGUMENT_32 if exps_k.itemsize == 4 else _TINY_ARGUMENT_64
+    if bound <= tiny:
+        for m in range(exps_k.shape[0]):
+            q = exps_k[m] * vexpm1_tiny(gram_row[m] * ak)
+            acc[m] += q
+            exps_k[m] += q
+    elif bound <= _SMALL_ARGUMENT:
         for m in range(exps_k.shape[0]):
             q = exps_k[m] * vexpm1_small(gram_row[m] * ak)
             acc[m] += q
@@ -263,8 +272,7 @@ def _apply_rank1_change(exps, sums, gram_row, gram_absmax, step, gram_class_sums
     for k in range(n_classes):
         _prefetch_lines(next_a, k * share_a, share_a)
         _prefetch_lines(next_b, k * share_b, share_b)
-        small = abs(step[k]) * gram_absmax <= _SMALL_ARGUMENT
-        _scale_exps(exps[k], gram_row, step[k], acc, small)
+        _scale_exps(exps[k], gram_row, step[k], acc, abs(step[k]) * gram_absmax)
     drop = -_finish_tile(sums, 0, n_val, acc, ratios, factors)
     for k in range(n_classes):
         drop += np.float64(step[k]) * gram_class_sums[k]

@@ -67,6 +67,15 @@ def _expm1_small_f32(r):
 
 
 @njit(inline="always")
+def _expm1_tiny_f32(r):
+    """expm1(r) for |r| <= 2**-5: Taylor to degree 4 (truncation < 0.15 ulp)."""
+    p = _F32(1.0 / 24.0)
+    p = p * r + _F32(1.0 / 6.0)
+    p = p * r + _F32(0.5)
+    return r + r * r * p
+
+
+@njit(inline="always")
 def _expm1_f32(x):
     x = min(max(x, _F32(-87.0)), _F32(88.0))
     n = (x * _INV_LN2_32 + _ROUND_32) - _ROUND_32
@@ -120,6 +129,18 @@ def _expm1_small_f64(r):
     p = p * r + 1.0 / 362880.0
     p = p * r + 1.0 / 40320.0
     p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    return r + r * r * p
+
+
+@njit(inline="always")
+def _expm1_tiny_f64(r):
+    """expm1(r) for |r| <= 2**-6: Taylor to degree 7 (truncation < 0.05 ulp)."""
+    p = 1.0 / 5040.0
     p = p * r + 1.0 / 720.0
     p = p * r + 1.0 / 120.0
     p = p * r + 1.0 / 24.0
@@ -185,6 +206,14 @@ def vexpm1_small(x):
 SMALL_ARGUMENT = 0.34657359027997264  # ln(2) / 2
 
 
+def vexpm1_tiny(x):
+    """exp(x) - 1 for |x| <= TINY_ARGUMENT[precision] only (a short Taylor polynomial)."""
+    return math.expm1(x)
+
+
+TINY_ARGUMENT = {4: 2.0 ** -5, 8: 2.0 ** -6}  # by itemsize: float32, float64
+
+
 def vlog1p(x):
     """log(1 + x), accurate for small x; vectorizable in numba loops."""
     return math.log1p(x)
@@ -204,4 +233,5 @@ def _dispatch_on_precision(function, float32_impl, float64_impl) -> None:
 
 _dispatch_on_precision(vexpm1, _expm1_f32, _expm1_f64)
 _dispatch_on_precision(vexpm1_small, _expm1_small_f32, _expm1_small_f64)
+_dispatch_on_precision(vexpm1_tiny, _expm1_tiny_f32, _expm1_tiny_f64)
 _dispatch_on_precision(vlog1p, _log1p_f32, _log1p_f64)
