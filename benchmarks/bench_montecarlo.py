@@ -54,7 +54,7 @@ def time_engine(problem) -> tuple[float, int]:
     """Seconds of the whole Monte-Carlo phase (Gram matrix included) and SGD steps run."""
     start = time.perf_counter()
     problem._grams.clear()
-    problem._grams[0] = problem._gram(0)
+    problem._grams[problem.blocks[0]] = problem._gram(0)
     acc = montecarlo.estimate_values(problem)
     return time.perf_counter() - start, int(acc.count.sum())
 

@@ -90,9 +90,10 @@ class MonteCarloProblem:
         self.val_labels = np.ascontiguousarray(np.asarray(val_labels)[order], dtype=np.int64)
         self._check_labels()
         self.blocks = self._val_blocks()
-        self._grams: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # Keyed by validation range, so a changed split never reuses another block's matrix.
+        self._grams: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         if len(self.blocks) == 1:
-            self._grams[0] = self._gram(0)
+            self._grams[self.blocks[0]] = self._gram(0)
 
     def _check_labels(self) -> None:
         for name, labels in (("training", self.sub_labels), ("validation", self.val_labels)):
@@ -126,22 +127,30 @@ class MonteCarloProblem:
         width = max(1, min(self.n_val, budget // per_val_example))
         return [(lo, min(lo + width, self.n_val)) for lo in range(0, self.n_val, width)]
 
-    def _gram(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+    def _gram(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = self.blocks[block]
         gram = self.sub_feats @ self.val_feats[lo:hi].T
         gram += 1  # the bias is a constant feature
         absmax = np.empty(self.n_sub, gram.dtype)
+        bounds = self.block_bounds(block)
+        class_sums = np.zeros((self.n_sub, self.n_classes))
         for start in range(0, self.n_sub, _ROWS):  # in rows: no Gram-sized temporary
             rows = gram[start:start + _ROWS]
             absmax[start:start + _ROWS] = np.maximum(rows.max(axis=1), -rows.min(axis=1))
-        return gram, absmax
+            for k in range(self.n_classes):
+                class_sums[start:start + _ROWS, k] = rows[:, bounds[k]:bounds[k + 1]].sum(
+                    axis=1, dtype=np.float64)
+        return gram, absmax, class_sums
 
-    def gram(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """Augmented Gram block (N, hi - lo) and its row-wise max |value| (N,).
+    def gram(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Augmented Gram block (N, hi - lo), its row-wise max |value| (N,) and its row sums
+        over each class's validation examples (N, K) float64.
 
         Kept when the whole matrix fits the budget, else computed on demand.
         """
-        return self._grams[block] if block in self._grams else self._gram(block)
+        lo, hi = self.blocks[block]
+        cached = self._grams.get((lo, hi))
+        return cached if cached is not None else self._gram(block)
 
     @property
     def episode_per_class(self) -> int:
@@ -222,15 +231,14 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
         part.fill(np.nan)
         # Initial validation activations in float64 from the engine-precision weights.
         val_t = problem.val_feats[lo:hi].T.astype(np.float64)
-        (gram, absmax), bounds = problem.gram(block), problem.block_bounds(block)
+        (gram, absmax, class_sums), bounds = problem.gram(block), problem.block_bounds(block)
         if problem.config.head == "linear":
-            logits = weights[0].astype(np.float64) @ val_t
-            class_sums = gram_class_sums(gram, bounds)
+            logits = _times_val(weights[0], val_t)
             mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, absmax,
                                           class_sums, weights[0], _as(logits, dtype),
                                           streams.orders, lr, part)
         else:
-            pre = _as(weights[0].astype(np.float64) @ val_t, dtype)
+            pre = _as(_times_val(weights[0], val_t), dtype)
             logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)
             mc_kernels.mlp_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
                                        weights[0], weights[1], pre, _as(logits, dtype),
@@ -243,14 +251,10 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
     return drops
 
 
-def gram_class_sums(gram: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """(N, K) float64 sums of each Gram row over each class's validation examples."""
-    sums = np.zeros((gram.shape[0], bounds.size - 1))
-    for start in range(0, gram.shape[0], _ROWS):
-        rows = gram[start:start + _ROWS]
-        for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-            sums[start:start + _ROWS, k] = rows[:, lo:hi].sum(axis=1, dtype=np.float64)
-    return sums
+def _times_val(layer: np.ndarray, val_t: np.ndarray) -> np.ndarray:
+    """(E, out, D) @ (D, M) in float64 as one matrix product (a stacked product skips BLAS)."""
+    episodes, out, dim = layer.shape
+    return (layer.reshape(episodes * out, dim).astype(np.float64) @ val_t).reshape(episodes, out, -1)
 
 
 def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
