@@ -223,4 +223,6 @@ def task_result(future: distributed.Future, what: str) -> Any:
                            f"{type(exc).__name__}: {one_line(exc)}") from None
 
 
-WORKER_LOCK = threading.Lock()  # numba's workqueue layer is not re-entrant across threads
+# One holder at a time per worker process: a Monte-Carlo block's episodes already use all
+# the threads the plan gives this worker, and each feature extractor is built only once.
+WORKER_LOCK = threading.Lock()

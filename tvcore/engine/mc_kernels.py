@@ -12,6 +12,10 @@ logit change u multiplies E by exp(u); the loss change of validation example
 m is `log1p(sum_k p_km expm1(u_km)) - u_(y_m) m`, computed without
 cancellation.
 
+Compile time: every separate jitted function costs a fixed ~50 ms to compile
+and cache, and numba-level inlining copies IR, so the hot path is a handful of
+medium-sized functions; LLVM inlines the small ones (vmath) where it pays.
+
 Shapes: N training examples in the subset, D features, K classes, H hidden
 units, M validation examples (sorted by class; `val_bounds[k]:val_bounds[k+1]`
 is class k), T a tile of validation examples.
@@ -23,7 +27,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -35,12 +39,11 @@ _FLAGS = {"contract"}
 # Reductions need reassociation to vectorize; kept to small leaf functions.
 _SUM_FLAGS = {"contract", "reassoc", "nsz"}
 _LANES = 16  # logs left to take after multiplying the factors (1 + s_m) pairwise
-_BLOCK = 8  # SGD steps per block of the linear head's training side (the code assumes 8)
+_BLOCK = 8  # SGD steps per block of the linear head's training side (_add_rows takes 8 rows)
 _TILE = 256  # validation examples per tile: the tile's buffers stay in L1/L2
-_CHUNK = 64  # validation examples per inner loop of the linear head's loss update
 _BIG = 2.0 ** 40  # rescale a validation row's exponentials outside this range
 _SMALL = 2.0 ** -40
-_SMALL_ARGUMENT = 0.999 * SMALL_ARGUMENT  # margin for the rounding of gram_row * step
+_SMALL_ARGUMENT = 0.999 * SMALL_ARGUMENT  # margins for the rounding of gram_row * step
 _TINY_ARGUMENT_32 = 0.999 * TINY_ARGUMENT[4]
 _TINY_ARGUMENT_64 = 0.999 * TINY_ARGUMENT[8]
 
@@ -60,24 +63,18 @@ def _prefetch(typingctx, array, index):
 
 
 @njit(cache=True)
-def _prefetch_lines(row, first, count):
-    """Prefetch cache lines first..first+count-1 of a 1-D array (those it has).
+def _prefetch_part(row, part, parts):
+    """Prefetch the part-th of `parts` shares of a 1-D array's cache lines.
 
-    A step spreads the prefetches of the rows it will read next over its own
+    A step spreads the prefetches of the rows it reads next over its own
     work: issued all at once they would stall on the few misses a core can
     have outstanding; spread out they arrive while the core computes.
     """
     per_line = max(1, 64 // row.itemsize)
-    for d in range(first * per_line, min((first + count) * per_line, row.shape[0]), per_line):
+    share = ((row.shape[0] + per_line - 1) // per_line + parts - 1) // parts
+    for d in range(part * share * per_line, min((part + 1) * share * per_line, row.shape[0]),
+                   per_line):
         _prefetch(row, d)  # type: ignore[call-arg]  # an intrinsic: typingctx is numba's
-
-
-@njit(cache=True)
-def _lines_per_part(row, parts):
-    """Cache lines of a 1-D array per part when its prefetch is split into `parts`."""
-    per_line = max(1, 64 // row.itemsize)
-    lines = (row.shape[0] + per_line - 1) // per_line
-    return (lines + parts - 1) // parts
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
@@ -101,7 +98,9 @@ def _sum64(a, lo, hi):
 @njit(fastmath=_FLAGS, cache=True)
 def _softmax_grad(logits, label, lr, step):
     """step[k] = -lr * (softmax(logits)[k] - [k == label]), computed in float64."""
-    peak = logits.max()
+    peak = logits[0]
+    for k in range(1, logits.shape[0]):
+        peak = max(peak, logits[k])
     total = 0.0
     for k in range(logits.shape[0]):
         total += math.exp(logits[k] - peak)
@@ -127,80 +126,50 @@ def _init_softmax_state(val_logits, exps, sums):
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _softmax_state(val_logits):
-    """New (exps (K, M), sums (M,)) arrays of the validation softmax, in the logits' dtype."""
-    exps = np.empty(val_logits.shape, val_logits.dtype)
-    sums = np.empty(val_logits.shape[1], val_logits.dtype)
-    _init_softmax_state(val_logits, exps, sums)
-    return exps, sums
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _rescale_rows(exps, sums):
-    """Keep every validation example's exponentials within float range (rarely acts)."""
-    outside = 0
-    for m in range(sums.shape[0]):
-        outside += (sums[m] > _BIG) | (sums[m] < _SMALL)
-    if outside == 0:
-        return
-    for m in range(sums.shape[0]):
-        if sums[m] > _BIG or sums[m] < _SMALL:
-            inv = 1.0 / sums[m]
-            for k in range(exps.shape[0]):
-                exps[k, m] *= inv
-            sums[m] = 1.0
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _sum_log1p_exact(ratios):
-    """sum_m log1p(ratios[m]) in float64, one log1p per element."""
-    total = 0.0
-    for m in range(ratios.shape[0]):
-        total += vlog1p(np.float64(ratios[m]))
-    return total
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _sum_log_of_product(factors, n):
-    """sum_m log(factors[m]) for m < n, as logs of a pairwise product tree (destroys factors).
-
-    Multiplying pairs level by level is plain vector work with no dependency
-    chains, and leaves at most 16 logs to take. Returns NaN when a partial
-    product leaves the float64 range (the caller then sums one log per element).
-    """
-    while n > _LANES:
-        half = (n + 1) // 2
-        for i in range(n - half):
-            factors[i] *= factors[half + i]
-        n = half
-    total = 0.0
-    for i in range(n):
-        if not (1e-300 < factors[i] < 1e300):
-            return np.nan
-        total += vlog1p(factors[i] - 1.0)
-    return total
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _finish_tile(sums, m0, width, acc, ratios, factors):
+def _finish_tile(exps, sums, m0, width, acc, ratios, factors):
     """Fold acc (sum_k E_km expm1(u_km)) into the row sums; return sum_m log1p(s_m).
 
-    s_m = acc_m / sums_m is the relative growth of validation example m's softmax
-    normaliser. In float32, 1 + s_m is exact in float64, so the logs can be
-    taken of factors (16 logs instead of `width`) at no loss; in float64
-    every log1p is taken.
+    s_m = acc_m / sums_m is the relative growth of validation example m's
+    softmax normaliser (m in m0..m0+width). In float32, 1 + s_m is exact in
+    float64, so the logs are taken of a pairwise product tree of the factors
+    (16 logs instead of `width`, plain vector work) at no loss; in float64, or
+    when a partial product leaves the float64 range, every log1p is taken.
+    Rows whose exponentials leave [_SMALL, _BIG] are rescaled (rarely acts).
     """
     sums_tile = sums[m0:m0 + width]
+    outside = 0
     for m in range(width):
         ratio = acc[m] / sums_tile[m]
         ratios[m] = ratio
         factors[m] = 1.0 + np.float64(ratio)
-        sums_tile[m] += acc[m]
+        total = sums_tile[m] + acc[m]
+        sums_tile[m] = total
+        outside += (total > _BIG) | (total < _SMALL)
     total = np.nan
     if ratios.itemsize == 4:
-        total = _sum_log_of_product(factors, width)
+        n = width
+        while n > _LANES:
+            half = (n + 1) // 2
+            for i in range(n - half):
+                factors[i] *= factors[half + i]
+            n = half
+        total = 0.0
+        for i in range(n):
+            if not (1e-300 < factors[i] < 1e300):
+                total = np.nan
+                break
+            total += vlog1p(factors[i] - 1.0)
     if np.isnan(total):
-        total = _sum_log1p_exact(ratios[:width])
+        total = 0.0
+        for m in range(width):
+            total += vlog1p(np.float64(ratios[m]))
+    if outside:
+        for m in range(width):
+            if sums_tile[m] > _BIG or sums_tile[m] < _SMALL:
+                inv = 1.0 / sums_tile[m]
+                for k in range(exps.shape[0]):
+                    exps[k, m0 + m] *= inv
+                sums_tile[m] = 1.0
     return total
 
 
@@ -221,61 +190,11 @@ def _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc, ratios, 
             q = exps_k[m] * vexpm1(change_k[m])
             acc[m] += q
             exps_k[m] += q
-    drop = -_finish_tile(sums, m0, width, acc, ratios, factors)
+    drop = -_finish_tile(exps, sums, m0, width, acc, ratios, factors)
     for k in range(exps.shape[0]):
         lo = min(max(val_bounds[k] - m0, 0), width)
         hi = min(max(val_bounds[k + 1] - m0, 0), width)
         drop += _sum64(change[k], lo, hi)
-    return drop
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _scale_exps(exps_k, gram_row, ak, acc, bound):
-    """exps_k *= exp(gram_row * ak), adding the increments to acc.
-
-    bound >= max |gram_row * ak| picks the cheapest expm1 accurate there: a
-    short polynomial for tiny arguments, no range reduction up to ln2/2.
-    """
-    tiny = _TINY_ARGUMENT_32 if exps_k.itemsize == 4 else _TINY_ARGUMENT_64
-    if bound <= tiny:
-        for m in range(exps_k.shape[0]):
-            q = exps_k[m] * vexpm1_tiny(gram_row[m] * ak)
-            acc[m] += q
-            exps_k[m] += q
-    elif bound <= _SMALL_ARGUMENT:
-        for m in range(exps_k.shape[0]):
-            q = exps_k[m] * vexpm1_small(gram_row[m] * ak)
-            acc[m] += q
-            exps_k[m] += q
-    else:
-        for m in range(exps_k.shape[0]):
-            q = exps_k[m] * vexpm1(gram_row[m] * ak)
-            acc[m] += q
-            exps_k[m] += q
-
-
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _apply_rank1_change(exps, sums, gram_row, gram_absmax, step, gram_class_sums, acc, ratios,
-                        factors, next_a, next_b):
-    """As _apply_logit_change for the linear head's change u_km = gram_row[m] * step[k].
-
-    The change is formed on the fly: no (K, M) buffer is written and read back.
-    gram_class_sums (K,) float64: sums of gram_row over each class's validation
-    examples. next_a, next_b: 1-D arrays the next steps read, prefetched meanwhile.
-    """
-    n_classes, n_val = exps.shape
-    zero = exps.dtype.type(0)
-    share_a = _lines_per_part(next_a, n_classes)
-    share_b = _lines_per_part(next_b, n_classes)
-    for m in range(n_val):
-        acc[m] = zero
-    for k in range(n_classes):
-        _prefetch_lines(next_a, k * share_a, share_a)
-        _prefetch_lines(next_b, k * share_b, share_b)
-        _scale_exps(exps[k], gram_row, step[k], acc, abs(step[k]) * gram_absmax)
-    drop = -_finish_tile(sums, 0, n_val, acc, ratios, factors)
-    for k in range(n_classes):
-        drop += np.float64(step[k]) * gram_class_sums[k]
     return drop
 
 
@@ -291,9 +210,54 @@ def _apply_rank1_change(exps, sums, gram_row, gram_absmax, step, gram_class_sums
 # weight once per block instead of twice per step.
 
 
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+def _rank1_loss_drop(exps, sums, gram_row, gram_absmax, step, gram_class_sums, acc, ratios,
+                     factors, next_a, next_b):
+    """As _apply_logit_change, for all validation examples and the linear head's rank-1
+    change u_km = gram_row[m] * step[k].
+
+    The change is formed on the fly: no (K, M) buffer is written and read back.
+    Per class, |step_k| * max|gram_row| bounds the arguments of expm1 and picks
+    the cheapest variant accurate there (no range reduction below ln2/2, a
+    short polynomial for tiny arguments). gram_class_sums (K,) float64: sums of
+    gram_row over each class's validation examples. next_a, next_b: 1-D arrays
+    the next steps read, prefetched meanwhile.
+    """
+    n_classes, n_val = exps.shape
+    zero = exps.dtype.type(0)
+    tiny = _TINY_ARGUMENT_32 if exps.itemsize == 4 else _TINY_ARGUMENT_64
+    for m in range(n_val):
+        acc[m] = zero
+    for k in range(n_classes):
+        _prefetch_part(next_a, k, n_classes)
+        _prefetch_part(next_b, k, n_classes)
+        exps_k = exps[k]
+        ak = step[k]
+        bound = abs(ak) * gram_absmax
+        if bound <= tiny:
+            for m in range(n_val):
+                q = exps_k[m] * vexpm1_tiny(gram_row[m] * ak)
+                acc[m] += q
+                exps_k[m] += q
+        elif bound <= _SMALL_ARGUMENT:
+            for m in range(n_val):
+                q = exps_k[m] * vexpm1_small(gram_row[m] * ak)
+                acc[m] += q
+                exps_k[m] += q
+        else:
+            for m in range(n_val):
+                q = exps_k[m] * vexpm1(gram_row[m] * ak)
+                acc[m] += q
+                exps_k[m] += q
+    drop = -_finish_tile(exps, sums, 0, n_val, acc, ratios, factors)
+    for k in range(n_classes):
+        drop += np.float64(step[k]) * gram_class_sums[k]
+    return drop
+
+
 @njit(fastmath=_SUM_FLAGS, cache=True)
-def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3):
-    """The 16 dot products a_p · b_q of two quadruples of 1-D arrays, in one pass."""
+def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3, tile):
+    """tile (4, 4)[p, q] = a_p · b_q for two quadruples of 1-D arrays, in one pass over them."""
     z = a0.dtype.type(0)
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z
     s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z
@@ -319,40 +283,37 @@ def _dot_tile(a0, a1, a2, a3, b0, b1, b2, b3):
         s31 += v * u1
         s32 += v * u2
         s33 += v * u3
-    return (s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33)
-
-
-@njit(cache=True)
-def _quad(first, last):
-    """Indices first..first+3, repeating `last` past it (a partial tile recomputes a row)."""
-    return (first, min(first + 1, last), min(first + 2, last), min(first + 3, last))
+    tile[0, 0], tile[0, 1], tile[0, 2], tile[0, 3] = s00, s01, s02, s03
+    tile[1, 0], tile[1, 1], tile[1, 2], tile[1, 3] = s10, s11, s12, s13
+    tile[2, 0], tile[2, 1], tile[2, 2], tile[2, 3] = s20, s21, s22, s23
+    tile[3, 0], tile[3, 1], tile[3, 2], tile[3, 3] = s30, s31, s32, s33
 
 
 @njit(fastmath=_FLAGS, cache=True)
-def _tile_products(a, a_rows, b, b_rows, out, out_rows, out_cols):
-    """out[out_rows[p], out_cols[q]] = a[a_rows[p]] · b[b_rows[q]] for p, q < 4."""
-    sums = _dot_tile(a[a_rows[0]], a[a_rows[1]], a[a_rows[2]], a[a_rows[3]],
-                     b[b_rows[0]], b[b_rows[1]], b[b_rows[2]], b[b_rows[3]])
-    for p in range(4):
-        for q in range(4):
-            out[out_rows[p], out_cols[q]] = sums[4 * p + q]
+def _block_products(sub_feats, rows, n_rows, weights, base, gram, tile):
+    """base (B, K) = X_B Wᵀ and gram (B, B) = X_B X_Bᵀ (tiles on and below the diagonal).
 
-
-@njit(fastmath=_FLAGS, cache=True)
-def _block_products(sub_feats, rows, n_rows, weights, base, gram):
-    """base (B, K) = X_B Wᵀ and gram (B, B) = X_B X_Bᵀ (lower tiles) of the block's rows."""
-    last_row = n_rows - 1
-    last_class = weights.shape[0] - 1
+    rows (B,): the block's examples, the last one repeated past n_rows; a tile
+    past the last row or class recomputes it and keeps only the real entries.
+    """
+    n_classes = weights.shape[0]
+    last_class = n_classes - 1
     for j0 in range(0, n_rows, 4):
-        slots = _quad(j0, last_row)
-        examples = (rows[slots[0]], rows[slots[1]], rows[slots[2]], rows[slots[3]])
-        for k0 in range(0, last_class + 1, 4):
-            classes = _quad(k0, last_class)
-            _tile_products(sub_feats, examples, weights, classes, base, slots, classes)
-        for i0 in range(0, j0 + 1, 4):  # tiles on and below the diagonal
-            earlier = _quad(i0, last_row)
-            others = (rows[earlier[0]], rows[earlier[1]], rows[earlier[2]], rows[earlier[3]])
-            _tile_products(sub_feats, examples, sub_feats, others, gram, slots, earlier)
+        x0, x1, x2, x3 = (sub_feats[rows[j0]], sub_feats[rows[j0 + 1]], sub_feats[rows[j0 + 2]],
+                          sub_feats[rows[j0 + 3]])
+        height = min(4, n_rows - j0)
+        for k0 in range(0, n_classes, 4):
+            _dot_tile(x0, x1, x2, x3, weights[k0], weights[min(k0 + 1, last_class)],
+                      weights[min(k0 + 2, last_class)], weights[min(k0 + 3, last_class)], tile)
+            for p in range(height):
+                for q in range(min(4, n_classes - k0)):
+                    base[j0 + p, k0 + q] = tile[p, q]
+        for i0 in range(0, j0 + 1, 4):
+            _dot_tile(x0, x1, x2, x3, sub_feats[rows[i0]], sub_feats[rows[i0 + 1]],
+                      sub_feats[rows[i0 + 2]], sub_feats[rows[i0 + 3]], tile)
+            for p in range(height):
+                for q in range(min(4, n_rows - i0)):
+                    gram[j0 + p, i0 + q] = tile[p, q]
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
@@ -363,88 +324,88 @@ def _add_rows(w, c0, c1, c2, c3, c4, c5, c6, c7, x0, x1, x2, x3, x4, x5, x6, x7)
                  + c4 * x4[d] + c5 * x5[d] + c6 * x6[d] + c7 * x7[d])
 
 
-@njit(fastmath=_FLAGS, cache=True)
-def _block_update(sub_feats, rows, n_rows, steps, weights, bias):
-    """W += A_Bᵀ X_B and b += sum of the block's steps (rows past n_rows add zero)."""
-    x = sub_feats
-    r = rows
-    for k in range(weights.shape[0]):
-        s = steps[:, k]
-        _add_rows(weights[k], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                  x[r[0]], x[r[1]], x[r[2]], x[r[3]], x[r[4]], x[r[5]], x[r[6]], x[r[7]])
-        for j in range(n_rows):
-            bias[k] += s[j]
+def _empty(shape, dtype) -> np.ndarray:
+    """np.empty, 64-byte aligned (vector loads then never straddle two cache lines)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(size + 64, np.uint8)
+    start = -buffer.ctypes.data % 64
+    return buffer[start:start + size].view(dtype).reshape(shape)
 
 
-@njit(fastmath=_FLAGS, cache=True)
-def _block_logits(base, gram, steps, bias, j, logits):
-    """Logits of the block's step j: base_j + b + sum_{i<j} (gram_ji + 1) a_i."""
-    for k in range(logits.shape[0]):
-        logits[k] = base[j, k] + bias[k]
-    for i in range(j):
-        weight = gram[j, i] + 1
-        for k in range(logits.shape[0]):
-            logits[k] += weight * steps[i, k]
+def linear_workspace(n_classes: int, n_val: int, dim: int, dtype) -> tuple:
+    """The arrays one linear_episode_deltas call works in (allocated here, not in the kernel:
+    each numpy allocation inside a kernel compiles an implementation of its own)."""
+    return (_empty((n_classes, dim), dtype), _empty(n_classes, dtype),
+            _empty((n_classes, n_val), dtype), _empty(n_val, dtype),
+            _empty(n_classes, dtype), _empty((_BLOCK, n_classes), dtype),
+            _empty((_BLOCK, _BLOCK), dtype), _empty((_BLOCK, n_classes), dtype),
+            _empty((4, 4), dtype), _empty(_BLOCK, np.int64), _empty(n_val, dtype),
+            _empty(n_val, dtype), _empty(n_val, np.float64))
 
 
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
-                    init_weights, init_val_logits, order, lr, out):
-    n_classes, n_val = init_val_logits.shape
-    dtype = sub_feats.dtype
-    weights = init_weights.copy()
-    bias = np.zeros(n_classes, dtype)
-    exps, sums = _softmax_state(init_val_logits)
-    logits = np.empty(n_classes, dtype)
-    base = np.empty((_BLOCK, n_classes), dtype)
-    gram = np.empty((_BLOCK, _BLOCK), dtype)
-    steps = np.zeros((_BLOCK, n_classes), dtype)
-    rows = np.empty(_BLOCK, np.int64)
-    acc = np.empty(n_val, dtype)
-    ratios = np.empty(n_val, dtype)
-    factors = np.empty(ratios.shape[0], np.float64)
-    n_sub = order.shape[1]
-    visits = order.ravel()
-    n_steps = visits.shape[0]
-    for t0 in range(0, n_steps, _BLOCK):
-        n_rows = min(_BLOCK, n_steps - t0)
-        for j in range(_BLOCK):
-            rows[j] = visits[t0 + min(j, n_rows - 1)]
-        _block_products(sub_feats, rows, n_rows, weights, base, gram)
-        for j in range(n_rows):
-            t = t0 + j
-            i = rows[j]
-            _block_logits(base, gram, steps, bias, j, logits)
-            step = steps[j]
-            _softmax_grad(logits, sub_labels[i], lr, step)
-            # The next block's example j and the next step's Gram row.
-            next_x = sub_feats[visits[min(t + _BLOCK, n_steps - 1)]]
-            next_gram = gram_sub_val[visits[min(t + 1, n_steps - 1)]]
-            out[t // n_sub, i] = _apply_rank1_change(
-                exps, sums, gram_sub_val[i], gram_absmax[i], step, gram_class_sums[i], acc,
-                ratios, factors, next_x, next_gram)
-            _rescale_rows(exps, sums)
-        steps[n_rows:] = 0
-        _block_update(sub_feats, rows, n_rows, steps, weights, bias)
-
-
-@njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
-def linear_head_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
-                       init_weights, init_val_logits, orders, lr, out):
-    """Summed validation-loss drops of every SGD step of a block of episodes, linear head.
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
+def linear_episode_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
+                          init_weights, init_val_logits, order, lr, out, work):
+    """Summed validation-loss drops of every SGD step of one episode, linear head.
 
     sub_feats (N, D), sub_labels (N,) int64, gram_sub_val (N, M) = X_sub X_valᵀ + 1,
     gram_absmax (N,) = max |gram_sub_val| per row (selects the cheap expm1 path),
     gram_class_sums (N, K) float64: sums of gram_sub_val over each class's validation examples,
-    init_weights (E, K, D), init_val_logits (E, K, M) = W0 X_valᵀ,
-    orders (E, epochs, N) int64 visiting order, lr float.
-    out (E, epochs, N) float64 receives, for episode e, epoch p and example i,
+    init_weights (K, D), init_val_logits (K, M) = W0 X_valᵀ,
+    order (epochs, L) int64: the examples visited in each epoch, lr float.
+    out (epochs, N) float64 receives, for epoch p and example i,
     sum over validation examples of (loss before - loss after) the step on i.
     Divide by the total number of validation examples for the mean drop.
+    work: linear_workspace(K, M, D, dtype), overwritten. Releases the GIL, so
+    episodes run in parallel on threads (each with its own `out` and `work`).
     """
-    for e in prange(init_weights.shape[0]):
-        _linear_episode(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram_class_sums,
-                        init_weights[e], init_val_logits[e], orders[e], lr, out[e])
+    (weights, bias, exps, sums, logits, base, gram, steps, tile, rows, acc, ratios,
+     factors) = work
+    n_classes, n_val = init_val_logits.shape
+    for k in range(n_classes):
+        bias[k] = 0
+        for d in range(weights.shape[1]):
+            weights[k, d] = init_weights[k, d]
+        for j in range(_BLOCK):
+            steps[j, k] = 0
+    _init_softmax_state(init_val_logits, exps, sums)
+    length = order.shape[1]
+    n_steps = order.shape[0] * length
+    for t0 in range(0, n_steps, _BLOCK):
+        n_rows = min(_BLOCK, n_steps - t0)
+        for j in range(_BLOCK):
+            t = t0 + min(j, n_rows - 1)
+            rows[j] = order[t // length, t % length]
+        _block_products(sub_feats, rows, n_rows, weights, base, gram, tile)
+        for j in range(n_rows):
+            for k in range(n_classes):
+                logits[k] = base[j, k] + bias[k]
+            for i in range(j):
+                weight = gram[j, i] + 1
+                for k in range(n_classes):
+                    logits[k] += weight * steps[i, k]
+            i = rows[j]
+            step = steps[j]
+            _softmax_grad(logits, sub_labels[i], lr, step)
+            # Prefetched meanwhile: the next block's example j, the next step's Gram row.
+            t = t0 + j
+            ahead = min(t + _BLOCK, n_steps - 1)
+            following = min(t + 1, n_steps - 1)
+            out[t // length, i] = _rank1_loss_drop(
+                exps, sums, gram_sub_val[i], gram_absmax[i], step, gram_class_sums[i], acc,
+                ratios, factors, sub_feats[order[ahead // length, ahead % length]],
+                gram_sub_val[order[following // length, following % length]])
+        for j in range(n_rows, _BLOCK):  # a partial last block: its missing rows add zero
+            for k in range(n_classes):
+                steps[j, k] = 0
+        x, r = sub_feats, rows
+        for k in range(n_classes):
+            s = steps[:, k]
+            _add_rows(weights[k], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                      x[r[0]], x[r[1]], x[r[2]], x[r[3]], x[r[4]], x[r[5]], x[r[6]], x[r[7]])
+            for j in range(n_rows):
+                bias[k] += s[j]
 
 
 # ---------------------------------------------------------------- MLP head
@@ -523,9 +484,17 @@ def _mlp_tile_change(val_pre, gram_row, w2, hidden, step, hidden_step, active, n
                 change_k[m] += w_kj * change_a[m]
 
 
-@njit(fastmath=_FLAGS, error_model="numpy", cache=True)
-def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_w2,
-                 init_val_pre, init_val_logits, order, lr, out):
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
+def mlp_episode_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_w2,
+                       init_val_pre, init_val_logits, order, lr, out):
+    """Summed validation-loss drops of every SGD step of one episode, MLP head.
+
+    As linear_episode_deltas (val_bounds (K+1,) int64: the class ranges of the
+    validation examples), with a one-hidden-layer ReLU head:
+    init_w1 (H, D), init_w2 (K, H), zero biases,
+    init_val_pre (H, M) = W1 X_valᵀ (validation hidden pre-activations),
+    init_val_logits (K, M) = W2 relu(init_val_pre).
+    """
     n_hidden = init_w1.shape[0]
     n_classes = init_w2.shape[0]
     n_val = init_val_pre.shape[1]
@@ -535,7 +504,9 @@ def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_
     w2 = init_w2.copy()
     b2 = np.zeros(n_classes, dtype)
     val_pre = init_val_pre.copy()
-    exps, sums = _softmax_state(init_val_logits)
+    exps = np.empty(init_val_logits.shape, dtype)
+    sums = np.empty(n_val, dtype)
+    _init_softmax_state(init_val_logits, exps, sums)
     pre = np.empty(n_hidden, dtype)
     hidden = np.empty(n_hidden, dtype)
     logits = np.empty(n_classes, dtype)
@@ -567,21 +538,5 @@ def _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_
                                  active, n_active, m0, width, relu_change, relu_dot, change)
                 drop += _apply_logit_change(exps, sums, change, m0, width, val_bounds, acc,
                                             ratios, factors)
-            _rescale_rows(exps, sums)
             _mlp_update(w1, b1, w2, b2, x, hidden, step, hidden_step)
             out[epoch, i] = drop
-
-
-@njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True)
-def mlp_head_deltas(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1, init_w2,
-                    init_val_pre, init_val_logits, orders, lr, out):
-    """Summed validation-loss drops of every SGD step of a block of episodes, MLP head.
-
-    As linear_head_deltas, with a one-hidden-layer ReLU head:
-    init_w1 (E, H, D), init_w2 (E, K, H), zero biases,
-    init_val_pre (E, H, M) = W1 X_valᵀ (validation hidden pre-activations),
-    init_val_logits (E, K, M) = W2 relu(init_val_pre).
-    """
-    for e in prange(init_w1.shape[0]):
-        _mlp_episode(sub_feats, sub_labels, gram_sub_val, val_bounds, init_w1[e], init_w2[e],
-                     init_val_pre[e], init_val_logits[e], orders[e], lr, out[e])

@@ -9,8 +9,11 @@ order, so the values do not depend on threads, block sizes, resumes or workers.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
+import numba
 import numpy as np
 
 from ..config import EstimateConfig
@@ -234,21 +237,46 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
         (gram, absmax, class_sums), bounds = problem.gram(block), problem.block_bounds(block)
         if problem.config.head == "linear":
             logits = _times_val(weights[0], val_t)
-            mc_kernels.linear_head_deltas(problem.sub_feats, problem.sub_labels, gram, absmax,
-                                          class_sums, weights[0], _as(logits, dtype),
-                                          streams.orders, lr, part)
+            shape = (problem.n_classes, hi - lo, problem.dim, dtype)
+            _each_episode(mc_kernels.linear_episode_deltas,
+                          (problem.sub_feats, problem.sub_labels, gram, absmax, class_sums),
+                          (weights[0], _as(logits, dtype), streams.orders), lr, part,
+                          partial(mc_kernels.linear_workspace, *shape))
         else:
             pre = _as(_times_val(weights[0], val_t), dtype)
             logits = weights[1].astype(np.float64) @ np.maximum(pre.astype(np.float64), 0)
-            mc_kernels.mlp_head_deltas(problem.sub_feats, problem.sub_labels, gram, bounds,
-                                       weights[0], weights[1], pre, _as(logits, dtype),
-                                       streams.orders, lr, part)
+            _each_episode(mc_kernels.mlp_episode_deltas,
+                          (problem.sub_feats, problem.sub_labels, gram, bounds),
+                          (weights[0], weights[1], pre, _as(logits, dtype), streams.orders),
+                          lr, part)
         initial_loss += _cross_entropy_sum(logits, problem.val_labels[lo:hi])
         drops += part
     drops /= problem.n_val
     check_not_diverged(drops, streams.orders, initial_loss / problem.n_val, first, lr,
                        problem.n_classes)
     return drops
+
+
+def _each_episode(kernel, shared, per_episode, lr, out, workspace=None) -> None:
+    """kernel(*shared, *(a[e] for a in per_episode), lr, out[e][, workspace()]) for every
+    episode e.
+
+    The kernels release the GIL, so the episodes run in parallel on
+    numba.get_num_threads() threads (see cores.set_numba_threads); each writes only
+    its own out[e] (and workspace), so the results do not depend on the number of threads.
+    """
+    def run(e):
+        extra = () if workspace is None else (workspace(),)
+        kernel(*shared, *(array[e] for array in per_episode), lr, out[e], *extra)
+
+    threads = min(numba.get_num_threads(), out.shape[0])
+    if threads <= 1:
+        for e in range(out.shape[0]):
+            run(e)
+        return
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(run, range(out.shape[0])):
+            pass  # re-raises a kernel's exception
 
 
 def _times_val(layer: np.ndarray, val_t: np.ndarray) -> np.ndarray:

@@ -54,7 +54,7 @@ _INV_LN2_32 = _F32(1.4426950408889634)
 _ROUND_32 = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_small_f32(r):
     """expm1(r) for |r| <= ln2/2: Taylor to degree 7 (truncation < 1 ulp)."""
     p = _F32(1.0 / 5040.0)
@@ -66,7 +66,7 @@ def _expm1_small_f32(r):
     return r + r * r * p
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_tiny_f32(r):
     """expm1(r) for |r| <= 2**-5: Taylor to degree 4 (truncation < 0.15 ulp)."""
     p = _F32(1.0 / 24.0)
@@ -75,7 +75,7 @@ def _expm1_tiny_f32(r):
     return r + r * r * p
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_f32(x):
     x = min(max(x, _F32(-87.0)), _F32(88.0))
     n = (x * _INV_LN2_32 + _ROUND_32) - _ROUND_32
@@ -90,7 +90,7 @@ _SQRT_HALF_BITS_32 = np.int32(0x3F3504F3)
 _ONE_BITS_32 = np.int32(0x3F800000)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _log1p_f32(x):
     w = _F32(1.0) + x
     bits = _f32_bits(w) + (_ONE_BITS_32 - _SQRT_HALF_BITS_32)
@@ -119,7 +119,7 @@ _INV_LN2_64 = 1.4426950408889634
 _ROUND_64 = 6755399441055744.0  # 1.5 * 2**52
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_small_f64(r):
     """expm1(r) for |r| <= ln2/2: Taylor to degree 13 (truncation < 1 ulp)."""
     p = 1.0 / 6227020800.0
@@ -137,7 +137,7 @@ def _expm1_small_f64(r):
     return r + r * r * p
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_tiny_f64(r):
     """expm1(r) for |r| <= 2**-6: Taylor to degree 7 (truncation < 0.05 ulp)."""
     p = 1.0 / 5040.0
@@ -149,7 +149,7 @@ def _expm1_tiny_f64(r):
     return r + r * r * p
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _expm1_f64(x):
     x = min(max(x, -708.0), 709.0)
     n = (x * _INV_LN2_64 + _ROUND_64) - _ROUND_64
@@ -163,7 +163,7 @@ _SQRT_HALF_BITS_64 = np.int64(0x3FE6A09E667F3BCD)
 _ONE_BITS_64 = np.int64(0x3FF0000000000000)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _log1p_f64(x):
     w = 1.0 + x
     bits = _f64_bits(w) + (_ONE_BITS_64 - _SQRT_HALF_BITS_64)
@@ -222,7 +222,7 @@ def vlog1p(x):
 def _dispatch_on_precision(function, float32_impl, float64_impl) -> None:
     """Make `function` compile to float32_impl or float64_impl by its argument's type."""
 
-    @overload(function, inline="always")
+    @overload(function)
     def _overload(x):
         if x == types.float32:
             return lambda x: float32_impl(x)
