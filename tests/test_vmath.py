@@ -4,13 +4,32 @@ import numpy as np
 import pytest
 from numba import njit
 
-from tvcore.engine.vmath import vexpm1, vlog1p
+from tvcore.engine.vmath import (
+    SMALL_ARGUMENT,
+    TINY_ARGUMENT,
+    vexpm1,
+    vexpm1_small,
+    vexpm1_tiny,
+    vlog1p,
+)
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
 def _map_expm1(x, out):
     for i in range(x.size):
         out[i] = vexpm1(x[i])
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _map_expm1_small(x, out):
+    for i in range(x.size):
+        out[i] = vexpm1_small(x[i])
+
+
+@njit(fastmath={"contract"}, error_model="numpy")
+def _map_expm1_tiny(x, out):
+    for i in range(x.size):
+        out[i] = vexpm1_tiny(x[i])
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
@@ -38,6 +57,19 @@ def test_expm1_is_accurate_to_a_few_ulp(dtype):
     _map_expm1(x, out)
     assert out.dtype == dtype
     assert _ulp_error(out, x, np.expm1, dtype) < 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["small", "tiny"])
+def test_short_expm1_variants_are_accurate_in_their_range(dtype, variant):
+    limit = SMALL_ARGUMENT if variant == "small" else TINY_ARGUMENT[np.dtype(dtype).itemsize]
+    x = _arguments(np.random.default_rng(2), -limit, limit, dtype)
+    x = x[np.abs(x) <= limit]
+    edges = np.array([limit, -limit, np.nextafter(limit, 0)]).astype(dtype)
+    x = np.concatenate([x, edges[np.abs(edges) <= limit]])
+    out = np.empty_like(x)
+    (_map_expm1_small if variant == "small" else _map_expm1_tiny)(x, out)
+    assert _ulp_error(out, x, np.expm1, dtype) < 2
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,12 +7,15 @@ use only arithmetic, comparisons and integer bit tricks, so a loop over them
 becomes SIMD code. Accuracy: a few ulp in float32 and float64 (see
 tests/test_vmath.py), for arguments within the clamping range.
 
-`vexpm1(x)` and `vlog1p(x)` dispatch on the argument's dtype (float32 or
-float64). Under NUMBA_DISABLE_JIT=1 they fall back to the math module.
+`vexpm1(x)`, `vexpm1_small(x)`, `vexpm1_tiny(x)` and `vlog1p(x)` dispatch on
+the argument's dtype (float32 or float64). Under NUMBA_DISABLE_JIT=1 they fall
+back to the math module.
 
-Callers must be compiled with error_model="numpy": the default "python"
-model guards every float division with a zero check, which is a branch that
-blocks vectorization of the whole loop.
+Each is a small jitted function of its own (compiled once, cached); LLVM
+inlines it into the calling loop, which is cheaper to compile than numba-level
+inlining. They and their callers are compiled with error_model="numpy": the
+default "python" model guards every float division with a zero check, which
+is a branch that blocks vectorization of the whole loop.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ _INV_LN2_32 = _F32(1.4426950408889634)
 _ROUND_32 = _F32(12582912.0)  # 1.5 * 2**23: adding it rounds to an integer
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_small_f32(r):
     """expm1(r) for |r| <= ln2/2: Taylor to degree 7 (truncation < 1 ulp)."""
     p = _F32(1.0 / 5040.0)
@@ -66,7 +69,7 @@ def _expm1_small_f32(r):
     return r + r * r * p
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_tiny_f32(r):
     """expm1(r) for |r| <= 2**-5: Taylor to degree 4 (truncation < 0.15 ulp)."""
     p = _F32(1.0 / 24.0)
@@ -75,7 +78,7 @@ def _expm1_tiny_f32(r):
     return r + r * r * p
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_f32(x):
     x = min(max(x, _F32(-87.0)), _F32(88.0))
     n = (x * _INV_LN2_32 + _ROUND_32) - _ROUND_32
@@ -90,7 +93,7 @@ _SQRT_HALF_BITS_32 = np.int32(0x3F3504F3)
 _ONE_BITS_32 = np.int32(0x3F800000)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _log1p_f32(x):
     w = _F32(1.0) + x
     bits = _f32_bits(w) + (_ONE_BITS_32 - _SQRT_HALF_BITS_32)
@@ -119,7 +122,7 @@ _INV_LN2_64 = 1.4426950408889634
 _ROUND_64 = 6755399441055744.0  # 1.5 * 2**52
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_small_f64(r):
     """expm1(r) for |r| <= ln2/2: Taylor to degree 13 (truncation < 1 ulp)."""
     p = 1.0 / 6227020800.0
@@ -137,7 +140,7 @@ def _expm1_small_f64(r):
     return r + r * r * p
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_tiny_f64(r):
     """expm1(r) for |r| <= 2**-6: Taylor to degree 7 (truncation < 0.05 ulp)."""
     p = 1.0 / 5040.0
@@ -149,7 +152,7 @@ def _expm1_tiny_f64(r):
     return r + r * r * p
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _expm1_f64(x):
     x = min(max(x, -708.0), 709.0)
     n = (x * _INV_LN2_64 + _ROUND_64) - _ROUND_64
@@ -163,7 +166,7 @@ _SQRT_HALF_BITS_64 = np.int64(0x3FE6A09E667F3BCD)
 _ONE_BITS_64 = np.int64(0x3FF0000000000000)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"}, error_model="numpy")
 def _log1p_f64(x):
     w = 1.0 + x
     bits = _f64_bits(w) + (_ONE_BITS_64 - _SQRT_HALF_BITS_64)
