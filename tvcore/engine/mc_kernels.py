@@ -317,11 +317,26 @@ def _block_products(sub_feats, rows, n_rows, weights, base, gram, tile):
 
 
 @njit(fastmath=_SUM_FLAGS, cache=True)
-def _add_rows(w, c0, c1, c2, c3, c4, c5, c6, c7, x0, x1, x2, x3, x4, x5, x6, x7):
-    """w += sum_j c_j x_j over eight rows, in one pass over w."""
-    for d in range(w.shape[0]):
-        w[d] += (c0 * x0[d] + c1 * x1[d] + c2 * x2[d] + c3 * x3[d]
-                 + c4 * x4[d] + c5 * x5[d] + c6 * x6[d] + c7 * x7[d])
+def _add_rows(w0, w1, w2, w3, coef, x0, x1, x2, x3, x4, x5, x6, x7):
+    """w_q += sum_j coef[j, q] x_j for four rows w_q and eight rows x_j, in one pass.
+
+    The 32 coefficients are read into registers first; each x_j load then
+    feeds four multiply-adds.
+    """
+    a0, b0, c0, d0 = coef[0, 0], coef[0, 1], coef[0, 2], coef[0, 3]
+    a1, b1, c1, d1 = coef[1, 0], coef[1, 1], coef[1, 2], coef[1, 3]
+    a2, b2, c2, d2 = coef[2, 0], coef[2, 1], coef[2, 2], coef[2, 3]
+    a3, b3, c3, d3 = coef[3, 0], coef[3, 1], coef[3, 2], coef[3, 3]
+    a4, b4, c4, d4 = coef[4, 0], coef[4, 1], coef[4, 2], coef[4, 3]
+    a5, b5, c5, d5 = coef[5, 0], coef[5, 1], coef[5, 2], coef[5, 3]
+    a6, b6, c6, d6 = coef[6, 0], coef[6, 1], coef[6, 2], coef[6, 3]
+    a7, b7, c7, d7 = coef[7, 0], coef[7, 1], coef[7, 2], coef[7, 3]
+    for d in range(w0.shape[0]):
+        v0, v1, v2, v3, v4, v5, v6, v7 = x0[d], x1[d], x2[d], x3[d], x4[d], x5[d], x6[d], x7[d]
+        w0[d] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5 + a6 * v6 + a7 * v7
+        w1[d] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5 + b6 * v6 + b7 * v7
+        w2[d] += c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5 + c6 * v6 + c7 * v7
+        w3[d] += d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5 + d6 * v6 + d7 * v7
 
 
 def _empty(shape, dtype) -> np.ndarray:
@@ -341,7 +356,8 @@ def linear_workspace(n_classes: int, n_val: int, dim: int, dtype) -> tuple:
             _empty(n_classes, dtype), _empty((_BLOCK, n_classes), dtype),
             _empty((_BLOCK, _BLOCK), dtype), _empty((_BLOCK, n_classes), dtype),
             _empty((4, 4), dtype), _empty(_BLOCK, np.int64), _empty(n_val, dtype),
-            _empty(n_val, dtype), _empty(n_val, np.float64))
+            _empty(n_val, dtype), _empty(n_val, np.float64), _empty((_BLOCK, 4), dtype),
+            np.zeros(dim, dtype))  # the spare row: zero, never a denormal or NaN
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
@@ -361,7 +377,7 @@ def linear_episode_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram
     episodes run in parallel on threads (each with its own `out` and `work`).
     """
     (weights, bias, exps, sums, logits, base, gram, steps, tile, rows, acc, ratios,
-     factors) = work
+     factors, coef, spare) = work
     n_classes, n_val = init_val_logits.shape
     for k in range(n_classes):
         bias[k] = 0
@@ -399,13 +415,19 @@ def linear_episode_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram
         for j in range(n_rows, _BLOCK):  # a partial last block: its missing rows add zero
             for k in range(n_classes):
                 steps[j, k] = 0
+        # W += A_Bᵀ X_B four classes at a time; a missing class adds zero to a spare row.
         x, r = sub_feats, rows
-        for k in range(n_classes):
-            s = steps[:, k]
-            _add_rows(weights[k], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+        for k0 in range(0, n_classes, 4):
+            for q in range(4):
+                for j in range(_BLOCK):
+                    coef[j, q] = steps[j, k0 + q] if k0 + q < n_classes else 0
+            _add_rows(weights[k0], weights[k0 + 1] if k0 + 1 < n_classes else spare,
+                      weights[k0 + 2] if k0 + 2 < n_classes else spare,
+                      weights[k0 + 3] if k0 + 3 < n_classes else spare, coef,
                       x[r[0]], x[r[1]], x[r[2]], x[r[3]], x[r[4]], x[r[5]], x[r[6]], x[r[7]])
+        for k in range(n_classes):
             for j in range(n_rows):
-                bias[k] += s[j]
+                bias[k] += steps[j, k]
 
 
 # ---------------------------------------------------------------- MLP head
