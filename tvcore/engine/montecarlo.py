@@ -9,8 +9,9 @@ order, so the values do not depend on threads, block sizes, resumes or workers.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numba
@@ -322,6 +323,29 @@ def check_not_diverged(drops: np.ndarray, orders: np.ndarray, initial_loss: np.n
 
 def _as(array: np.ndarray, dtype) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
+
+
+def compile_in_background(config: EstimateConfig) -> threading.Thread:
+    """Compile the kernels `config` needs (or load them from numba's cache) on a thread.
+
+    Started before the features are loaded, the compilation overlaps that
+    work; the first real kernel call waits for it (numba's compiler lock).
+    Errors are left to that call to raise.
+    """
+    def warm():
+        try:
+            tiny = replace(config, episodes=1, epochs=1, episode_per_class=-1, hidden=2,
+                           memory_budget_mb=64, threads=1)
+            rng = np.random.default_rng(0)
+            problem = MonteCarloProblem(rng.random((2, 3)), [0, 1], rng.random((2, 3)), [0, 1],
+                                        2, tiny)
+            run_episodes(problem, 0, 1)
+        except Exception:  # the real call reports it
+            pass
+
+    thread = threading.Thread(target=warm, name="tvclean-compile", daemon=True)
+    thread.start()
+    return thread
 
 
 class ValueAccumulator:
