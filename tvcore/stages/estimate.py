@@ -43,7 +43,7 @@ def _fingerprint(config: EstimateConfig, problem: montecarlo.MonteCarloProblem,
     options = {k: v for k, v in vars(config).items() if k not in _RESUMABLE_OPTIONS}
     digest.update(json.dumps(options, sort_keys=True).encode())
     for array in (subset.train_rows, subset.val_rows, problem.sub_feats, problem.val_feats):
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)  # no copy
     return digest.hexdigest()
 
 
