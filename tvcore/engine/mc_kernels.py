@@ -357,7 +357,9 @@ def linear_workspace(n_classes: int, n_val: int, dim: int, dtype) -> tuple:
             _empty((_BLOCK, _BLOCK), dtype), _empty((_BLOCK, n_classes), dtype),
             _empty((4, 4), dtype), _empty(_BLOCK, np.int64), _empty(n_val, dtype),
             _empty(n_val, dtype), _empty(n_val, np.float64), _empty((_BLOCK, 4), dtype),
-            np.zeros(dim, dtype))  # the spare row: zero, never a denormal or NaN
+            np.zeros((3, dim), dtype))  # spare rows: zero (never a denormal or NaN) and
+    # distinct: were one row passed twice, the update's alias checks would fail and run it
+    # unvectorized (measured 1.5x slower at K=5, 6, 9)
 
 
 @njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
@@ -421,9 +423,9 @@ def linear_episode_deltas(sub_feats, sub_labels, gram_sub_val, gram_absmax, gram
             for q in range(4):
                 for j in range(_BLOCK):
                     coef[j, q] = steps[j, k0 + q] if k0 + q < n_classes else 0
-            _add_rows(weights[k0], weights[k0 + 1] if k0 + 1 < n_classes else spare,
-                      weights[k0 + 2] if k0 + 2 < n_classes else spare,
-                      weights[k0 + 3] if k0 + 3 < n_classes else spare, coef,
+            _add_rows(weights[k0], weights[k0 + 1] if k0 + 1 < n_classes else spare[0],
+                      weights[k0 + 2] if k0 + 2 < n_classes else spare[1],
+                      weights[k0 + 3] if k0 + 3 < n_classes else spare[2], coef,
                       x[r[0]], x[r[1]], x[r[2]], x[r[3]], x[r[4]], x[r[5]], x[r[6]], x[r[7]])
         for k in range(n_classes):
             for j in range(n_rows):
