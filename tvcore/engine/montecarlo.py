@@ -336,8 +336,8 @@ def compile_in_background(config: EstimateConfig) -> threading.Thread:
     """Compile the kernels `config` needs (or load them from numba's cache) on a thread.
 
     Started before the features are loaded, the compilation overlaps that
-    work; the first real kernel call waits for it (numba's compiler lock).
-    Errors are left to that call to raise.
+    work; the first real kernel call waits for it (it takes numba's compiler
+    lock, then finds the kernel compiled). Errors are left to that call to raise.
     """
     def warm():
         try:

@@ -131,7 +131,7 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
     started = time.perf_counter()
     threads = set_numba_threads(config.threads)
     if cluster is None:  # compile while the features load (the workers compile their own)
-        compiling = montecarlo.compile_in_background(config)
+        montecarlo.compile_in_background(config)
     features = load_features(run)
     inputs = from_feature_set(features)
     exclude, extra = reviewed_rows(run, features) if config.use_reviews else (None, None)
@@ -153,7 +153,6 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
             bar.update(acc.episodes - bar.done)
 
         if cluster is None:
-            compiling.join()
             acc = montecarlo.estimate_values(problem, acc, on_block=on_block)
         else:
             acc = estimate_cluster.estimate_values(problem, config, cluster, acc,
