@@ -54,10 +54,12 @@ def _prefetch(typingctx, array, index):
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, signature.args[0], ary, [args[1]])
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [ptr, i32(0), i32(2), i32(1)])  # read, L2, data
+        i32, i8p = ir.IntType(32), ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        # The name is mangled by pointer type: "p0i8" (typed pointers) or "p0" (opaque).
+        fn = cgutils.get_or_insert_function(builder.module, fnty,
+                                            "llvm.prefetch." + i8p.intrinsic_name)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(2), i32(1)])  # read, L2, data
         return context.get_dummy_value()
     return types.void(array, types.intp), codegen
 
