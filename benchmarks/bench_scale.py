@@ -24,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tvcore.atomicfile import atomic_write_csv, atomic_write_json
+from tvcore.atomicfile import atomic_write_json
 from tvcore.rundir import RunDir
-from tvcore.rundir.tables import INDEX_COLUMNS as INDEX_HEADER
+from tvcore.rundir.ownership import claim
+from tvcore.rundir.tables import write_index
 
 DIM, CLASSES, VAL_PER_CLASS_ROWS = 1280, 50, 100
 CHUNK_ROWS = 8192
-PHASE_FILE = "bench-phase.txt"  # the child writes the stage it is in, for per-stage peaks
+PHASE_SUFFIX = ".phase"  # beside RUN: the child writes the stage it is in, for per-stage peaks
 MODES = {  # name -> (Dask workers or 0, estimate memory budget in MiB)
     "single process": (0, 2048),
     "single process, budget 256 MiB": (0, 256),
@@ -52,14 +53,16 @@ def write_features(run: RunDir, name: str, rows: int, rng, centres, flip: float)
     given = labels.copy()
     flipped = rng.random(rows) < flip
     given[flipped] = (labels[flipped] + rng.integers(1, CLASSES, flipped.sum())) % CLASSES
-    atomic_write_csv(run.features / f"{name}_index.csv", INDEX_HEADER,
-                     ((f"/data/{name}/class{k:02d}/img{i:07d}.png", int(k), f"class{k:02d}",
-                       "ok", "") for i, k in enumerate(given)))
+    paths = [f"class{k:02d}/img{i:07d}.png" for i, k in enumerate(given)]
+    write_index(run.features / f"{name}_index.csv", paths,
+                [f"/data/{name}/{p}" for p in paths], given.tolist(),
+                [f"class{k:02d}" for k in range(CLASSES)], {})
 
 
 def make_run(root: Path, rows: int) -> RunDir:
     """A run directory as `tvclean extract` leaves it, with rows training feature rows."""
     run = RunDir(root)
+    claim(run.root)
     rng = np.random.default_rng(0)
     centres = rng.gamma(0.5, 0.5, (CLASSES, DIM)).astype(np.float32)
     write_features(run, "train", rows, rng, centres, flip=0.1)
@@ -83,7 +86,7 @@ def child(args) -> None:
         filter=FilterConfig(output="none"))
     config.report.enabled = False
     times = {}
-    phase = Path(args.run) / PHASE_FILE
+    phase = Path(args.run).with_suffix(PHASE_SUFFIX)
     with open_cluster(workers=args.workers or None) as cluster:
         start = time.perf_counter()
         if cluster is not None:
@@ -138,7 +141,7 @@ def measure(run: Path, workers: int, budget: int, args) -> dict:
             proc.returncode = os.waitstatus_to_exitcode(status)
             break
         try:
-            phase = (run / PHASE_FILE).read_text() or "start"
+            phase = run.with_suffix(PHASE_SUFFIX).read_text() or "start"
         except OSError:
             phase = "start"
         rss, anon = tree_memory(proc.pid)
@@ -198,8 +201,10 @@ def main(argv: list[str]) -> None:
         results = {}
         for name, (workers, budget) in MODES.items():
             run = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            (run / "features").parent.mkdir(parents=True)
-            (run / "features").symlink_to(base.features)
+            claim(run)  # a run of its own whose features are hard links to the base's
+            (run / "features").mkdir()
+            for file in base.features.iterdir():
+                os.link(file, run / "features" / file.name)
             result = results[name] = measure(run, workers, budget, args)
             startup = f" (+{result['cluster start']:.1f}s start)" if workers else ""
             memory = [f"{result[f'{stage} rss_mib']:.0f} / {result[f'{stage} anon_mib']:.0f}"

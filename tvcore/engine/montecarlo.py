@@ -288,9 +288,17 @@ def _times_val(layer: np.ndarray, val_t: np.ndarray) -> np.ndarray:
     BLAS thread mostly waits to be scheduled (measured 5-10x slower).
     """
     episodes, out, dim = layer.shape
+    flat = layer.reshape(episodes * out, dim).astype(np.float64)
+    if flat.size * val_t.shape[1] < SMALL_PRODUCT:
+        # Too small for BLAS to thread, and threadpoolctl's limit is process-wide: the
+        # kernels' warm-up (compile_in_background) must not change it under the main thread.
+        return (flat @ val_t).reshape(episodes, out, -1)
     with threadpool_limits(1):
-        product = layer.reshape(episodes * out, dim).astype(np.float64) @ val_t
+        product = flat @ val_t
     return product.reshape(episodes, out, -1)
+
+
+SMALL_PRODUCT = 1 << 16  # multiply-adds below which a product runs without a thread limit
 
 
 def _cross_entropy_sum(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
