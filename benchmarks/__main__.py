@@ -13,6 +13,7 @@ BENCHMARKS = {
     "precision": "bench_precision",
     "quality": "bench_quality",
     "review": "bench_review",
+    "review-loop": "bench_review_loop",
     "scale": "bench_scale",
 }
 

@@ -70,3 +70,85 @@ def knn_shapley(train_X, noisy_y, val_X, val_y, seed: int = 0, k: int = KNN_K):
     """Exact KNN-Shapley against the clean validation set; images with value < 0 are dirty."""
     values = knn_shapley_values(train_X, noisy_y, val_X, val_y, k)
     return values < 0, values
+
+
+# --- peers that learn from the clean validation set -----------------------------------------
+
+def _margin(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """p(given label) - max p(other label): < 0 where another class is predicted."""
+    rows = np.arange(labels.size)
+    given = probabilities[rows, labels]
+    others = probabilities.copy()
+    others[rows, labels] = -np.inf
+    return given - others.max(axis=1)
+
+
+def _full_probabilities(model, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n, K) probabilities of a fitted classifier, zero for classes it never saw."""
+    out = np.zeros((len(X), n_classes))
+    out[:, model.classes_ if hasattr(model, "classes_") else model[-1].classes_] = \
+        model.predict_proba(X)
+    return out
+
+
+def trusted_classifier(train_X, noisy_y, val_X, val_y, seed: int = 0):
+    """The benchmark's logistic regression fit on the validation set only; an image is dirty
+    where it predicts another class than the given one (values: the probability margin)."""
+    from .datasets import classifier
+
+    n_classes = int(max(noisy_y.max(), val_y.max())) + 1
+    model = classifier(seed).fit(val_X, val_y)
+    margin = _margin(_full_probabilities(model, train_X, n_classes), noisy_y)
+    return margin < 0, margin
+
+
+KNN_VAL_K = 5
+
+
+def _unit(X: np.ndarray, center: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float64) - center
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _neighbour_votes(query, pool, pool_y, k, n_classes, exclude_self=False):
+    """(n_query, K) share of each class among the k most cosine-similar pool rows."""
+    votes = np.zeros((len(query), n_classes))
+    for first in range(0, len(query), _VAL_BLOCK):
+        similarity = query[first:first + _VAL_BLOCK] @ pool.T
+        if exclude_self:
+            rows = np.arange(first, min(first + _VAL_BLOCK, len(query)))
+            similarity[rows - first, rows] = -np.inf
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        labels = pool_y[nearest]
+        for c in range(n_classes):
+            votes[first:first + _VAL_BLOCK, c] = (labels == c).mean(axis=1)
+    return votes
+
+
+def knn_validation(train_X, noisy_y, val_X, val_y, seed: int = 0, k: int = KNN_VAL_K):
+    """k-NN (cosine, centred features) on the validation set; dirty where another class has
+    more votes than the given label among the k nearest validation images (values: the vote
+    margin of the given label)."""
+    n_classes = int(max(noisy_y.max(), val_y.max())) + 1
+    center = np.asarray(train_X, np.float64).mean(axis=0)
+    votes = _neighbour_votes(_unit(train_X, center), _unit(val_X, center), np.asarray(val_y),
+                             k, n_classes)
+    margin = _margin(votes, noisy_y)
+    return margin < 0, margin
+
+
+SIMIFEAT_K = 10
+
+
+def simifeat_vote(train_X, noisy_y, val_X, val_y, seed: int = 0, k: int = SIMIFEAT_K):
+    """SimiFeat-style local vote (Zhu et al. 2022, the "V" rule without augmentation): each
+    image's label is dirty when another class wins the vote of its k most similar images in
+    the training set (given labels) and validation set (true labels)."""
+    n_classes = int(max(noisy_y.max(), val_y.max())) + 1
+    center = np.asarray(train_X, np.float64).mean(axis=0)
+    pool = np.concatenate([_unit(train_X, center), _unit(val_X, center)])
+    pool_y = np.concatenate([np.asarray(noisy_y), np.asarray(val_y)])
+    votes = _neighbour_votes(pool[:len(noisy_y)], pool, pool_y, k, n_classes,
+                             exclude_self=True)
+    margin = _margin(votes, noisy_y)
+    return margin < 0, margin

@@ -16,19 +16,23 @@ VALUENET_OPTIONS = ("loss", "target_scale")  # the value-net options a user may 
 
 def print_filter_summary(result: FilterResult) -> None:
     counts = result.counts
-    relabelled = f", {counts['relabel']} relabelled" if counts.get("relabel") else ""
-    click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded{relabelled}, "
+    extra = "".join(f", {counts[d]} {what}" for d, what in
+                    (("outlier", "of no class (outlier/)"), ("relabel", "relabelled"))
+                    if counts.get(d))
+    click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded{extra}, "
                f"{counts['error']} unreadable")
     for name, row in result.per_class.items():
-        total = row["clean"] + row["dirty"] + row.get("relabel", 0)
-        share = row["dirty"] / total if total else 0.0
-        click.echo(f"  {name:20s} {row['clean']:7d} clean {row['dirty']:7d} discarded "
+        aside = row["dirty"] + row.get("outlier", 0)
+        total = row["clean"] + aside + row.get("relabel", 0)
+        share = aside / total if total else 0.0
+        click.echo(f"  {name:20s} {row['clean']:7d} clean {aside:7d} set aside "
                    f"({share:6.1%})")
 
 
 def filter_summary(result: FilterResult) -> dict[str, Any]:
     return {"counts": result.counts, "per_class": result.per_class,
-            "warnings": result.warnings, "seconds": round(result.seconds, 3)}
+            "warnings": result.warnings, "seconds": round(result.seconds, 3),
+            "decision": result.info}
 
 
 @click.command("filter")
@@ -42,7 +46,8 @@ def filter_command(run: str, config_file: str | None, as_json: bool, **options: 
     """Predict every training image's value and split the data set.
 
     Trains one Training-ValueNet per class on RUN/estimates, writes
-    RUN/training_values.csv and RUN/clean/<class>/, RUN/dirty/<class>/. Your
+    RUN/training_values.csv and RUN/clean/<class>/, RUN/dirty/<class>/ (and
+    RUN/outlier/<class>/ for images of no class). Your
     images are never modified, moved or deleted.
     """
     result = filter_run(run, build_config(config_file, options, run))

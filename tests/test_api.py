@@ -38,7 +38,7 @@ def test_the_result_frame_and_ranking(arrays, reference):
     assert frame["is_label_issue"].dtype == bool
     assert sorted(frame["rank"]) == list(range(1, len(y) + 1))
     assert np.all(np.diff(frame["score"].to_numpy()[reference.ranked]) >= 0)
-    assert (frame["is_label_issue"] == (frame["decision"] == "dirty")).all()
+    assert (frame["is_label_issue"] == frame["decision"].isin(["dirty", "outlier"])).all()
     assert list(frame["given_label"]) == [str(k) for k in y]
     issues = reference.issues
     assert set(issues) == set(np.flatnonzero(reference.is_label_issue))

@@ -185,17 +185,14 @@ def test_in_memory_features_equal_extract_of_png_files(tmp_path):
 
 # --- the harness ---------------------------------------------------------------------------
 
-def test_original_config_is_the_original_algorithm():
-    from benchmarks.bench_quality import original_config
-
-    config = original_config(per_class=300)
+def test_original_preset_is_the_original_algorithm():
+    config = Config.preset("original")
     est = config.estimate
     assert (est.head, est.lr, est.episodes, est.epochs) == ("linear", 1e-3, 100, 1)
-    assert est.per_class == 300
     net = config.valuenet
     assert (net.hidden, net.dropout, net.lr, net.loss, net.target_scale) == (100, 0.5, 1e-3, "mae",
                                                                            "none")
-    assert config.filter.threshold == 0.0
+    assert (config.filter.method, config.filter.threshold) == ("threshold", 0.0)
     assert (est.episode_per_class, est.feature_norm) == (-1, "none")  # whole subset, raw
     assert (config.filter.confidence_z, config.filter.decide_by) == (0.0, "valuenet")
 
@@ -203,12 +200,12 @@ def test_original_config_is_the_original_algorithm():
 def test_unknown_method_is_a_clear_error():
     from benchmarks.bench_quality import run_case
 
-    with pytest.raises(TvcleanError, match="methods: unknown magic; known: tvclean, original"):
-        run_case("digits", "sym20", ["magic"])
+    with pytest.raises(TvcleanError, match="--methods: unknown magic; known: tvclean, threshold"):
+        run_case("d-sym20", 0, ["magic"])
 
 
-def test_cli_names_an_unknown_noise():
+def test_cli_names_an_unknown_case():
     from benchmarks.bench_quality import main
 
-    with pytest.raises(SystemExit, match="--noise: unknown sym5; known: sym20, sym40, pair30"):
-        main(["--noise", "sym5"])
+    with pytest.raises(SystemExit, match="--cases: unknown sym5; known: f-sym20, f-sym40"):
+        main(["--cases", "sym5"])

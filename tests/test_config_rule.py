@@ -72,7 +72,7 @@ def test_preset_and_config_file_replace_the_runs_settings(run, tmp_path):
 
 def test_filter_api_keeps_what_the_cli_saved(run):
     invoke("estimate", run.root, *SMALL)
-    invoke("filter", run.root, "--confidence-z", "0", "--output", "none")
+    invoke("filter", run.root, "--method", "threshold", "--confidence-z", "0", "--output", "none")
     assert not (run.root / "clean").exists()
     result = tvcore.filter_run(run.root, progress=False)  # no options: the run's own
     assert not (run.root / "clean").exists()  # output none kept: nothing copied again

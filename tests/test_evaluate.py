@@ -312,7 +312,7 @@ def test_corrupt_training_values(tmp_path):
         evaluate(run, truth)
     write_training_values(run, [(str(tmp_path / "a.jpg"), 0, "cat", 1.0, "maybe")])
     with pytest.raises(TvcleanError, match=r"line 2: decision 'maybe' is not one of clean, dirty, "
-                                           r"relabel, error"):
+                                           r"relabel, outlier, error"):
         evaluate(run, truth)
     write_csv(run / "training_values.csv", ["path", "label"], [("a.jpg", 0)])
     with pytest.raises(TvcleanError, match=r"missing columns abs_path, decision, .*; re-run "

@@ -40,6 +40,8 @@ def estimated_run(tmp_path):
 
 
 def _config(**filter_options):
+    """The threshold rule (these tests check its arithmetic); posterior tests say so."""
+    filter_options.setdefault("method", "threshold")
     return Config(filter=FilterConfig(**filter_options),
                   valuenet=ValueNetConfig(min_examples=10, max_epochs=30))
 
@@ -179,3 +181,36 @@ def test_cli_filter(estimated_run):
     assert text.exit_code == 0 and "discarded" in text.output and "cat" in text.output
     bad = runner.invoke(cli, ["filter", str(estimated_run.root), "--output", "move"])
     assert bad.exit_code == 2 and "move" in bad.output
+
+
+def test_posterior_filter_decides_with_the_validation_set(estimated_run):
+    config = Config(valuenet=ValueNetConfig(min_examples=10, max_epochs=30))
+    assert config.filter.method == "posterior"
+    result = filter_run(estimated_run, config, progress=False)
+    rows = load_training_values(estimated_run)
+    assert set(result.decisions) <= {"clean", "dirty", "outlier", "error"}  # relabel is off
+    usable = np.array([d != "error" for d in result.decisions])
+    flagged = np.array([d in ("dirty", "outlier") for d in result.decisions])
+    assert ((result.scores[usable] < 0) == flagged[usable]).all()
+    assert (rows["is_label_issue"] == flagged).all()
+    truth = estimated_run.flipped
+    tp = np.sum(flagged & truth)
+    assert 2 * tp / (flagged.sum() + truth.sum()) > 0.8
+    assert list(rows["decision"]) == result.decisions
+    assert list(rows["suggested_label"].fillna("")) == result.suggested
+    # a suggestion is another class the image more likely belongs to: every discarded one has it
+    assert all(s for s, d in zip(result.suggested, result.decisions) if d == "dirty")
+    log = (estimated_run.root / "log.txt").read_text()
+    assert "filter: posterior rule:" in log and "noise_rate" in log
+
+
+def test_posterior_relabel_moves_images_into_their_new_class(estimated_run):
+    config = Config(valuenet=ValueNetConfig(min_examples=10, max_epochs=30))
+    config.filter.relabel, config.filter.relabel_confidence = True, 0.5
+    result = filter_run(estimated_run, config, progress=False)
+    relabelled = [i for i, d in enumerate(result.decisions) if d == "relabel"]
+    assert relabelled and result.counts["relabel"] == len(relabelled)
+    rows = load_training_values(estimated_run)
+    for i in relabelled:
+        placed = list((estimated_run.root / "clean").rglob(Path(rows.loc[i, "path"]).name))
+        assert [p.parent.name for p in placed] == [rows.loc[i, "suggested_label"]]

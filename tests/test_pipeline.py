@@ -46,7 +46,9 @@ def test_array_api_equals_the_run_directory_stages(tmp_path):
     staged = filter_run(run, config, progress=False)
     direct = training_values(train, labels, val, val_labels, config)
     np.testing.assert_array_equal(direct.values, staged.values)
-    assert direct.dirty.tolist() == [d == "dirty" for d in staged.decisions]
+    assert direct.scored.decisions.tolist() == staged.decisions  # the posterior rule's
+    np.testing.assert_array_equal(direct.scores, staged.scores)
+    assert direct.dirty.tolist() == [d in ("dirty", "outlier") for d in staged.decisions]
     assert direct.mc.rows.size == 90
 
 

@@ -325,8 +325,8 @@ def test_borderline_and_unreadable_sections(report):
     shown = re.findall(r'<figure class="thumb \w+[^"]*" title="([^"]*)"', border)
     assert len(shown) == 3 * THUMBNAILS
     data = load_report_data(report.run)
-    margin = {p: abs(v) / s for p, v, s in zip(data.paths, data.values, data.table.stderr)
-              if np.isfinite(v)}
+    margin = {p: abs(v) / s if np.isfinite(s) else abs(v)  # posterior: log-odds, no stderr
+              for p, v, s in zip(data.paths, data.values, data.table.stderr) if np.isfinite(v)}
     margins = [margin[html.unescape(p)] for p in shown]
     assert margins == sorted(margins) and margins[-1] <= np.quantile(list(margin.values()), 0.2)
     unreadable = section(report.html, "unreadable")

@@ -192,7 +192,8 @@ def test_decision_margin():
     margin = decision_margin(np.array([-0.02, 0.01, 0.0, 0.5, np.nan]),
                              np.array([0.01, 0.0, 0.0, np.nan, 0.1]), threshold=0.0)
     assert margin[0] == pytest.approx(2.0)
-    assert margin[1] == np.inf and margin[2] == 0.0 and margin[3] == np.inf
+    assert margin[1] == np.inf and margin[2] == 0.0
+    assert margin[3] == 0.5  # no standard error (the posterior's log-odds): the distance
     assert np.isnan(margin[4])
     assert decision_margin(np.array([0.03]), np.array([0.01]), 0.01)[0] == pytest.approx(2.0)
 

@@ -41,7 +41,8 @@ def test_without_reviews_nothing_changes(run, tmp_path):
 
 
 def test_reviewed_decisions_override_and_relabelled_images_move(run):
-    invoke("estimate", run.root, *FAST)
+    # reviews as validation off: only the reviewed images' decisions may change
+    invoke("estimate", run.root, *FAST, "--no-use-reviews")
     invoke("filter", run.root)
     before = tvcore.load_training_values(run.root)
     keep = before.index[before["decision"] == "dirty"][0]
@@ -102,3 +103,21 @@ def _arrays(run):
     f = tvcore.load_features(run.root)
     return (np.asarray(f.train.features), f.train.labels, np.asarray(f.val.features),
             f.val.labels)
+
+
+def test_filter_trusts_reviewed_images_as_validation(run):
+    invoke("estimate", run.root, *FAST)
+    invoke("filter", run.root, "--output", "none")
+    frame = tvcore.load_training_values(run.root)
+    for i in range(3):
+        append_review(run, frame.loc[i, "path"], "clean", frame.loc[i, "given_label"])
+    append_review(run, frame.loc[3, "path"], "dirty")  # discarded: not trusted
+    tvcore.filter_run(run.root, progress=False)
+    assert '"trusted_reviewed": 3' in _last_posterior_line(run)
+    tvcore.filter_run(run.root, {"estimate": {"use_reviews": False}}, progress=False)
+    assert '"trusted_reviewed": 0' in _last_posterior_line(run)
+
+
+def _last_posterior_line(run):
+    return [line for line in run.log_path.read_text().splitlines()
+            if "filter: posterior rule:" in line][-1]

@@ -40,7 +40,7 @@ CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "estimate": {"head": ("linear", "mlp"), "dtype": ("float32", "float64"),
                  "feature_norm": ("center-l2", "none")},
     "valuenet": {"loss": ("mae", "mse"), "target_scale": ("mean-abs", "none")},
-    "filter": {"decide_by": ("mc", "valuenet"),
+    "filter": {"method": ("posterior", "threshold"), "decide_by": ("mc", "valuenet"),
                "output": ("copy", "hardlink", "symlink", "none")},
 }
 
@@ -256,15 +256,31 @@ class ValueNetConfig:
 class FilterConfig:
     """Decisions and the split data set (`tvclean filter`)."""
 
-    threshold: float = option(0.0, "Images whose score (value + z x standard error) is below "
-                                   "this are discarded.")
-    confidence_z: float = option(1.0, "z in the score: discard only images confidently below "
-                                      "the threshold (0 = the bare value, as the original).")
-    decide_by: str = option("mc", "For images in the Monte-Carlo subset, decide by their own "
-                                  "estimate (mc) or by the value net's prediction (valuenet, "
-                                  "as the original); images outside it always by the value "
-                                  "net.")
-    output: str = option("copy", "How clean/ and dirty/ are written: copies, hard links, "
+    method: str = option("posterior", "posterior: the log-odds that an image's given label is "
+                                      "right, from its training-value, a classifier of the "
+                                      "validation set, its neighbours' labels and per-class "
+                                      "noise rates; threshold: its value + z x standard error "
+                                      "(the original's rule with z 0 and --decide-by "
+                                      "valuenet).")
+    threshold: float = option(0.0, "Images whose score is below this are set aside (posterior: "
+                                   "0 = even odds that the label is right).")
+    confidence_z: float = option(1.0, "--method threshold: z in the score value + z x standard "
+                                      "error; discard only images confidently below the "
+                                      "threshold (0 = the bare value, as the original).")
+    decide_by: str = option("mc", "--method threshold: for images in the Monte-Carlo subset, "
+                                  "decide by their own estimate (mc) or by the value net's "
+                                  "prediction (valuenet, as the original); images outside it "
+                                  "always by the value net.")
+    outliers: bool = option(True, "--method posterior: set images of no class of the label set "
+                                  "apart as `outlier` (RUN/outlier/<class>/).")
+    relabel: bool = option(False, "--method posterior: put a set-aside image into "
+                                  "RUN/clean/<suggested class>/ when the suggestion is "
+                                  "confident (decision relabel) instead of discarding it.")
+    relabel_confidence: float = option(0.9, "The probability a suggested label needs for "
+                                            "--relabel.")
+    neighbours: int = option(20, "--method posterior: similar training images whose labels "
+                                 "vote on an image's class.")
+    output: str = option("copy", "How clean/, dirty/ and outlier/ are written: copies, hard links, "
                                  "symbolic links, or none (training_values.csv only).")
     prefix_values: bool = option(False, "Prefix output file names with their score, as the "
                                         "original did with its value.")
@@ -275,6 +291,10 @@ class FilterConfig:
                 _fail("filter", name, "must be a finite number", getattr(self, name))
         if self.confidence_z < 0:
             _fail("filter", "confidence_z", "must be >= 0", self.confidence_z)
+        if not 0 < self.relabel_confidence <= 1:
+            _fail("filter", "relabel_confidence", "must be in (0, 1]", self.relabel_confidence)
+        _check_positive("filter", self, "neighbours")
+        _check_choice("filter", self, "method")
         _check_choice("filter", self, "decide_by")
         _check_choice("filter", self, "output")
         return self
@@ -304,7 +324,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "estimate": {"episodes": 100, "epochs": 1, "episode_per_class": -1, "lr": 0.001,
                      "feature_norm": "none", "head": "linear"},
         "valuenet": {"target_scale": "none"},
-        "filter": {"confidence_z": 0.0, "decide_by": "valuenet", "threshold": 0.0},
+        "filter": {"method": "threshold", "confidence_z": 0.0, "decide_by": "valuenet",
+                   "threshold": 0.0},
     },
 }
 

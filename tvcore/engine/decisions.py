@@ -1,5 +1,10 @@
 """From Monte-Carlo estimates to decisions: per-class value nets, predicted values, scores,
 decisions and suggested labels. The filter stage and the array API both run `score_training_set`.
+
+Two decision rules (filter.method): "posterior" (default; tvcore.engine.posterior: the
+probability that the given label is right, from the training-values and what the clean
+validation set says directly) and "threshold" (value + z x standard error < threshold;
+with z 0 and decide_by "valuenet" the original's rule).
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..config import Config, FilterConfig
+from ..errors import TvcleanError
 from .estimates import Estimates
+from .featurenorm import FeatureView, fit_center
+from .posterior import OUTLIER, DecisionOptions, label_decisions
 from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
@@ -23,14 +31,18 @@ class Scored:
 
     values: np.ndarray  # (n,) float64 training-value used (own MC estimate or value net), NaN unusable
     stderr: np.ndarray  # (n,) float64 standard error in the score
-    scores: np.ndarray  # (n,) float64 value + confidence_z x stderr, NaN unusable
-    decisions: np.ndarray  # (n,) str: "clean", "dirty" or "error"
+    # (n,) float64 posterior: log-odds that the given label is right; threshold: value +
+    # confidence_z x stderr; NaN unusable
+    scores: np.ndarray
+    decisions: np.ndarray  # (n,) str: "clean", "dirty", "relabel", "outlier" or "error"
     suggested: np.ndarray  # (n,) int64 suggested class index, NO_SUGGESTION where none
     warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # what the posterior rule estimated
 
     @property
     def dirty(self) -> np.ndarray:
-        return self.decisions == "dirty"
+        """Set aside: discarded or of no class (relabelled images are kept)."""
+        return np.isin(self.decisions, ("dirty", "outlier"))
 
 
 def fit_class_valuenets(features: Any, est: Estimates, class_names: list[str],
@@ -150,18 +162,94 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     return decisions
 
 
-def score_training_set(features: Any, labels: np.ndarray, ok_rows: np.ndarray, est: Estimates,
-                       nets: dict[int, ValueNet], n_classes: int, config: FilterConfig) -> Scored:
+@dataclass
+class Validation:
+    """The trusted images the posterior rule learns from: raw features and true labels."""
+
+    features: np.ndarray  # (m, D) as extracted (not normalised)
+    labels: np.ndarray  # (m,) int64
+
+
+def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,
+                       est: Estimates, nets: dict[int, ValueNet], n_classes: int,
+                       config: FilterConfig, validation: Validation | None = None,
+                       seed: int = 0) -> Scored:
     """Values, scores, decisions and suggestions of every training row.
 
-    features: (n, D) as the value nets see them (normalised if the heads' were);
-    labels (n,) given labels; ok_rows: the usable rows (others get "error").
+    features: the (n, D) training features as the value nets see them (a
+    FeatureView with the heads' centre); labels (n,) given labels; ok_rows:
+    the usable rows (others get "error"). validation: needed by the posterior
+    rule (filter.method "posterior").
     """
     predicted = predict_values(features, labels, ok_rows, est, nets, n_classes)
     values, stderr, scores = decision_scores(predicted, labels, est, config, n_classes)
+    if config.method == "posterior":
+        if validation is None:
+            raise TvcleanError("filter.method \"posterior\" needs the validation set")
+        return posterior_scored(features, labels, ok_rows, est, nets, n_classes, config,
+                                validation, values, seed)
     decisions = decide(scores, config.threshold)
     suggested = np.full(labels.size, NO_SUGGESTION, np.int64)
     suggested[ok_rows] = suggest_labels(features, labels, ok_rows, scores[ok_rows], est, nets,
                                         n_classes, config)
     return Scored(values=values, stderr=stderr, scores=scores, decisions=decisions,
                   suggested=suggested)
+
+
+class RowSubset:
+    """Rows `rows` of a (possibly memory-mapped) matrix, read only when sliced."""
+
+    def __init__(self, matrix: Any, rows: np.ndarray):
+        self.matrix, self.rows = matrix, np.asarray(rows, np.int64)
+        self.shape = (self.rows.size, matrix.shape[1])
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.matrix[self.rows[index]])
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+
+def posterior_scored(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,
+                     est: Estimates, nets: dict[int, ValueNet], n_classes: int,
+                     config: FilterConfig, validation: Validation, values: np.ndarray,
+                     seed: int, extra: dict[str, Any] | None = None) -> Scored:
+    """The posterior rule (tvcore.engine.posterior.label_decisions) on the usable rows.
+
+    The value nets see the features as the heads did; the rule itself works on
+    centred unit-length features (centre: the heads' one, else the training mean).
+    The score's standard error is not defined (NaN): its distance from the
+    threshold, in log-odds, is the decision's certainty. extra: further
+    DecisionOptions fields (the benchmark's ablations).
+    """
+    raw = features.features
+    center = features.center if features.center is not None else fit_center(raw, ok_rows)
+    val_raw = np.asarray(validation.features)
+    val_view = FeatureView(val_raw, features.center)
+    scale = np.array([np.abs(est.mean[est.labels == k]).mean() if np.any(est.labels == k)
+                      else 1.0 for k in range(n_classes)])
+    options = DecisionOptions(neighbours=config.neighbours, outliers=config.outliers,
+                              relabel=config.relabel,
+                              relabel_confidence=config.relabel_confidence,
+                              threshold=config.threshold, seed=seed, **(extra or {}))
+    made = label_decisions(
+        RowSubset(raw, ok_rows), labels[ok_rows], val_raw, validation.labels, n_classes,
+        train_values=class_values(features, ok_rows, est, nets, n_classes),
+        val_values=class_values(val_view, np.arange(val_raw.shape[0]), est, nets, n_classes),
+        value_scale=scale, center=center, options=options)
+    n = labels.size
+    scores = np.full(n, np.nan)
+    decisions = np.full(n, "error", dtype=object)
+    suggested = np.full(n, NO_SUGGESTION, np.int64)
+    scores[ok_rows], decisions[ok_rows] = made.score, made.decisions
+    # a suggestion where another class is more likely than the given one
+    rows = np.arange(ok_rows.size)
+    better = (made.suggested >= 0) & (
+        made.class_posterior[rows, np.maximum(made.suggested, 0)] > made.p_label)
+    suggested[ok_rows] = np.where(better, made.suggested, NO_SUGGESTION)
+    info = {**made.info, "noise_rate": np.round(made.noise_rate, 4).tolist(),
+            "outliers": int((made.decisions == OUTLIER).sum())}
+    stderr = np.full(n, np.nan)
+    return Scored(values=values, stderr=stderr, scores=scores, decisions=decisions,
+                  suggested=suggested, info=info)
+

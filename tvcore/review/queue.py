@@ -7,7 +7,9 @@ measured in standard errors of the score:
     margin = |score - threshold| / stderr
 
 (the score is value + z x stderr, so this is how many standard errors the
-estimate would have to move for the decision to flip). The queue takes the
+estimate would have to move for the decision to flip). The posterior rule's
+score is a log-odds with no standard error (NaN): its distance from the
+threshold is the margin itself (log-odds 0: even odds that the label is right). The queue takes the
 images in bands of half a standard error of margin, most uncertain band first;
 inside a band it goes round the given classes (the most uncertain image of
 each class, then the second of each, ...), so that a class whose value net is
@@ -35,14 +37,15 @@ def decision_margin(score: np.ndarray, stderr: np.ndarray, threshold: float = 0.
     """|score - threshold| / stderr per image: how many standard errors from flipping.
 
     score, stderr: (n,) float64 (NaN score: unreadable). Returns (n,) float64;
-    +inf where the standard error is 0 or missing and the score is off the
-    threshold (a certain decision), 0 where it sits on it, NaN where unreadable.
+    +inf where the standard error is 0 and the score is off the threshold (a
+    certain decision), 0 where it sits on it; the bare distance where there is
+    no standard error (NaN: the posterior rule's log-odds); NaN where unreadable.
     """
     score = np.asarray(score, np.float64)
     stderr = np.asarray(stderr, np.float64)
     distance = np.abs(score - threshold)
     usable = np.isfinite(stderr) & (stderr > 0)
-    margin = np.where(distance > 0, np.inf, 0.0)
+    margin = np.where(np.isnan(stderr), distance, np.where(distance > 0, np.inf, 0.0))
     np.divide(distance, stderr, out=margin, where=usable)
     margin[np.isnan(score)] = np.nan
     return margin

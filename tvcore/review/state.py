@@ -146,7 +146,7 @@ class ReviewState:
         borderline = np.lexsort((np.arange(len(t)), margin))
         return {
             "next": review_queue(t, (), self.threshold),
-            "discarded": by_rank[decision[by_rank] == "dirty"],
+            "discarded": by_rank[np.isin(decision[by_rank], ("dirty", "outlier"))],
             "borderline": borderline[decision[borderline] != "error"].astype(np.int64),
             "unreadable": np.flatnonzero(decision == "error").astype(np.int64),
             "all": by_rank, "readable": by_rank[readable],

@@ -61,7 +61,7 @@ def check_run_path(root: str | Path, option: str = "-o/--run") -> Path:
 
 # Everything tvclean writes directly below RUN (and below RUN/.tvclean): none of these may be
 # a symbolic link, or tvclean would write through it into a place it does not own.
-OWN_ENTRIES = ("features", "estimates", "valuenets", "report", "finetune", "clean", "dirty",
+OWN_ENTRIES = ("features", "estimates", "valuenets", "report", "finetune", "clean", "dirty", "outlier",
                "config.toml", "log.txt", "training_values.csv", "evaluation.json", "review.csv")
 OWN_PRIVATE = (MARKER, LOCK, "split.json", "staging", "thumbnails")
 

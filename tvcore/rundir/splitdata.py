@@ -33,7 +33,7 @@ from ..progress import Progress
 from .run import RunDir
 
 MODES = CHOICES["filter"]["output"]
-FOLDERS = ("clean", "dirty")
+FOLDERS = ("clean", "dirty", "outlier")
 RECORD = "split.json"
 
 
@@ -42,7 +42,7 @@ class Placement:
     """One image of the split: where it comes from and where it goes below RUN/<decision>/."""
 
     source: str  # absolute path of the user's image
-    decision: str  # "clean" or "dirty"
+    decision: str  # a folder of FOLDERS: "clean", "dirty" or "outlier"
     class_name: str
     name: str  # file name below the class folder (may hold sub-folders)
 

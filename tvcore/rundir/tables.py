@@ -47,8 +47,8 @@ from ..errors import TvcleanError, one_line
 if TYPE_CHECKING:
     import pandas as pd
 
-DECISIONS = ("clean", "dirty", "relabel", "error")
-ISSUE_DECISIONS = ("dirty", "relabel")
+DECISIONS = ("clean", "dirty", "relabel", "outlier", "error")
+ISSUE_DECISIONS = ("dirty", "relabel", "outlier")
 SOURCES = ("computed", "reviewed")
 INDEX_COLUMNS = ("path", "abs_path", "label", "label_index", "status", "error")
 TRAINING_VALUES_COLUMNS = (

@@ -1,7 +1,7 @@
 """The `filter` stage: Training-ValueNets, predicted values, decisions and the split data set.
 
 Reads RUN/features and RUN/estimates; writes RUN/valuenets, RUN/training_values.csv
-and RUN/clean, RUN/dirty (see tvcore.rundir).
+and RUN/clean, RUN/dirty, RUN/outlier (see tvcore.rundir).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..engine.decisions import fit_class_valuenets, score_training_set
+from ..engine.decisions import Validation, fit_class_valuenets, score_training_set
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
@@ -26,6 +26,7 @@ from ..rundir.features import check_inputs_outside
 from ..rundir.review import apply_reviews, final_label, read_reviews, review_path
 from ..rundir.splitdata import placements, relative_name, write_split_dataset
 from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, write_training_values
+from .estimate import reviewed_rows
 
 
 @dataclass
@@ -38,6 +39,7 @@ class FilterResult:
     foreign: list[str] = field(default_factory=list)  # files in clean/, dirty/ left in place
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # what the posterior rule estimated
 
     @property
     def values(self) -> np.ndarray:
@@ -112,8 +114,11 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     nets = train_valuenets(run, features, est, full, warnings)
     train = features.train
     view = FeatureView(train.features, est.center)
+    trusted = trusted_images(run, features, full)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, features.n_classes,
-                                full.filter)
+                                full.filter, trusted, full.valuenet.seed)
+    if full.filter.method == "posterior":
+        scored.info["trusted_reviewed"] = int(trusted.labels.size - features.val.ok_rows.size)
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
     reviews = read_reviews(run)
@@ -131,21 +136,39 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
                         f"create were left in place, e.g. {split.foreign[0]}")
     result = FilterResult(table=table, counts={d: table.decision.count(d) for d in DECISIONS},
                           per_class=_per_class(features, table.decision), foreign=split.foreign,
-                          warnings=warnings, seconds=time.perf_counter() - started)
+                          warnings=warnings, seconds=time.perf_counter() - started,
+                          info=scored.info)
     run.save_config(full, ["valuenet", "filter"])
     for warning in warnings:
         run.log(f"filter: warning: {warning}")
+    if scored.info:
+        run.log(f"filter: posterior rule: {json.dumps(scored.info)}")
     run.log(f"filter: {result.counts['clean']} clean, {result.counts['dirty']} dirty, "
+            f"{result.counts['outlier']} outlier, "
             f"{result.counts['relabel']} relabelled, {result.counts['error']} unreadable, "
-            f"{sum(s == 'reviewed' for s in table.decision_source)} reviewed (threshold "
-            f"{full.filter.threshold}, "
+            f"{sum(s == 'reviewed' for s in table.decision_source)} reviewed (method "
+            f"{full.filter.method}, threshold {full.filter.threshold}, "
             f"output {full.filter.output}), {result.seconds:.2f}s")
     run.record_stage("filter", result.seconds, **result.counts)
     return result
 
 
+def trusted_images(run: RunDir, features: FeatureSet, config: Config) -> Validation:
+    """What the posterior rule may trust: the readable validation images and, with
+    estimate.use_reviews, the training images a person kept or relabelled (RUN/review.csv)."""
+    val = features.val
+    rows = val.ok_rows
+    parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
+    if config.estimate.use_reviews:
+        _, correct = reviewed_rows(run, features)
+        if correct is not None and correct[0].size:
+            parts.append(np.asarray(features.train.features[correct[0]]))
+            labels.append(correct[1])
+    return Validation(features=np.concatenate(parts), labels=np.concatenate(labels))
+
+
 def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool):
-    """Where every image goes: clean/ or dirty/, under its final class (a relabelled image
+    """Where every image goes: clean/, dirty/ or outlier/, under its final class (a relabelled image
     under its new one), at its path below its class folder."""
     roots = [r for r in (features.meta.get("train_root"),) if r]
     names, folders, classes = [], [], []

@@ -30,6 +30,7 @@ from ..engine.estimates import Estimates
 from ..errors import TvcleanError
 from ..io.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_or_l
 from ..progress import Progress
+from ..review.queue import decision_margin
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features, read_training_values
 from ..rundir.estimates import estimate_meta
 from ..rundir.features import check_inputs_outside
@@ -55,13 +56,14 @@ class ReportData:
     estimates: Estimates
     estimate_meta: dict
     values: np.ndarray  # (n,) float64 decision score, NaN where unreadable
-    decisions: np.ndarray  # (n,) str: "clean", "dirty", "relabel" or "error"
+    decisions: np.ndarray  # (n,) str: "clean", "dirty" (outliers too), "relabel" or "error"
     labels: np.ndarray  # (n,) int64 given label
     paths: list[str]  # absolute
     suggested: list[str]  # suggested class name, "" if none
     table: TrainingValues
     threshold: float
     timings: dict[str, float]
+    method: str = "posterior"  # filter.method of the decisions
 
     @property
     def class_names(self) -> list[str]:
@@ -127,9 +129,11 @@ def load_report_data(run: RunDir) -> ReportData:
     return ReportData(
         run=run, features=features, estimates=estimates,
         estimate_meta=estimate_meta(run), values=table.score,
-        decisions=np.array(table.decision), labels=features.train.labels,
+        # outliers are discarded images too; the summary counts them apart
+        decisions=np.array(["dirty" if d == "outlier" else d for d in table.decision]),
+        labels=features.train.labels,
         paths=table.abs_path, suggested=table.suggested_label, table=table,
-        threshold=run.resolve().filter.threshold,
+        threshold=run.resolve().filter.threshold, method=run.resolve().filter.method,
         timings={stage: float(record["seconds"])
                  for stage, record in run.stage_records().items()})
 
@@ -176,7 +180,7 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
         ("Validation images", str(int(data.features.val.ok.sum()))),
         ("Classes", str(len(data.class_names))),
         ("Discarded", f'<span id="discarded">{dirty}</span> of {readable} '
-                      f"({_percent(dirty, readable)})"),
+                      f"({_percent(dirty, readable)})" + _outlier_note(data)),
         ("Relabelled, reviewed", f"{sum(c['relabel'] for c in counts)} relabelled; "
                                  f"{data.table.decision_source.count('reviewed')} decided by a "
                                  f"person (RUN/review.csv)"),
@@ -196,6 +200,11 @@ def _overview(data: ReportData, counts: list[dict]) -> list[tuple[str, str]]:
                                                   for k, v in data.timings.items()))))
     items.append(("Written", _e(f"{time.strftime('%Y-%m-%d %H:%M')} by tvclean {__version__}")))
     return items
+
+
+def _outlier_note(data: ReportData) -> str:
+    outliers = data.table.decision.count("outlier")
+    return f", of them {outliers} of no class (RUN/outlier/)" if outliers else ""
 
 
 def _evaluation(run: RunDir) -> str:
@@ -289,8 +298,11 @@ def histogram_section(data: ReportData, config: ReportConfig) -> Section:
             ax.set_axis_off()
     fig.legend(*_histogram_legend(), loc="upper center", ncol=3, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
-    body = (f"<p>Decision score of every readable training image, by given class: its "
-            f"training-value plus z standard errors (see training_values.csv, column score). "
+    meaning = ("the log-odds that its given label is right, from its training-value and "
+               "the validation set" if data.method == "posterior"
+               else "its training-value plus z standard errors")
+    body = (f"<p>Decision score of every readable training image, by given class: "
+            f"{meaning} (see training_values.csv, column score). "
             f"Images below the threshold ({_e(f'{data.threshold:g}')}, dashed) are discarded.</p>"
             + _figure_html(data, "histograms.png", _png(fig), "per-class value histograms"))
     return Section("histograms", "Training-values per class", body)
@@ -533,12 +545,12 @@ def _encode_thumbnail(image: Image.Image) -> str:
 
 def borderline_rows(data: ReportData, count: int) -> np.ndarray:
     """The `count` readable, not yet reviewed images nearest the threshold relative to their
-    uncertainty (smallest |score - threshold| / stderr), most uncertain first."""
+    uncertainty (smallest |score - threshold| / stderr, as the review queue; the posterior
+    rule's log-odds have no standard error: the bare distance), most uncertain first."""
     table = data.table
     open_ = np.isfinite(data.values) & (np.array(table.decision_source) != "reviewed")
     rows = np.flatnonzero(open_)
-    margin = np.abs(data.values[rows] - data.threshold) / np.maximum(
-        np.nan_to_num(table.stderr[rows], nan=0.0), 1e-12)
+    margin = decision_margin(data.values[rows], table.stderr[rows], data.threshold)
     return rows[np.argsort(margin, kind="stable")[:count]]
 
 

@@ -1,0 +1,312 @@
+"""The posterior decision (tvcore.engine.posterior): its parts against naive references, and the whole
+on synthetic data sets whose truth is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvcore.engine.posterior import (
+    DecisionOptions,
+    appearance_share,
+    fit_stack,
+    grenander_lfdr,
+    group_posterior,
+    label_decisions,
+    label_votes,
+    prior_shift,
+    top_similar,
+)
+from tvcore.errors import TvcleanError
+
+
+def _unit(X):
+    return X / np.linalg.norm(X, axis=1, keepdims=True)
+
+
+# --- similar images -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("q, p, k, with_self", [(1, 5, 1, False), (7, 9, 3, True),
+                                                 (2500, 40, 6, False), (1500, 1500, 10, True)])
+def test_top_similar_equals_a_full_sort(q, p, k, with_self):
+    rng = np.random.default_rng(q + p)
+    pool = _unit(rng.normal(size=(p, 8))).astype(np.float32)
+    if with_self:
+        query, self_rows = pool[:q], np.arange(q)
+    else:
+        query, self_rows = _unit(rng.normal(size=(q, 8))).astype(np.float32), None
+    idx, sim = top_similar(query, pool, k, self_rows)
+    full = query.astype(np.float64) @ pool.T.astype(np.float64)
+    if with_self:
+        full[np.arange(q), np.arange(q)] = -np.inf
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :k]
+    np.testing.assert_allclose(sim, np.take_along_axis(full, expected, 1), atol=1e-6)
+    assert (np.diff(sim, axis=1) <= 1e-7).all()  # most similar first
+    if with_self:
+        assert not (idx == np.arange(q)[:, None]).any()
+
+
+def test_label_votes_are_smoothed_shares():
+    votes = label_votes(np.array([[0, 0, 1, 2], [2, 2, 2, 2]]), 3, alpha=1.0)
+    np.testing.assert_allclose(votes[0], (np.array([2, 1, 1]) + 1 / 3) / 5)
+    np.testing.assert_allclose(votes[1], (np.array([0, 0, 4]) + 1 / 3) / 5)
+    np.testing.assert_allclose(votes.sum(axis=1), 1.0)
+
+
+# --- priors and compositions -----------------------------------------------------------------
+
+def _calibrated(rng, prior, n, separation=2.0):
+    """Posteriors under a uniform prior of 1-D Gaussian classes (means 0, s, 2s, ...)."""
+    K = prior.size
+    z = rng.choice(K, n, p=prior)
+    x = rng.normal(separation * z, 1.0)
+    loglik = -0.5 * (x[:, None] - separation * np.arange(K)) ** 2
+    P = np.exp(loglik - loglik.max(axis=1, keepdims=True))
+    return P / P.sum(axis=1, keepdims=True), z
+
+
+def test_prior_shift_recovers_the_set_prior():
+    rng = np.random.default_rng(0)
+    prior = np.array([0.6, 0.3, 0.1])
+    P, z = _calibrated(rng, prior, 20000)
+    Q, estimate = prior_shift(P)
+    np.testing.assert_allclose(estimate, prior, atol=0.02)
+    np.testing.assert_allclose(Q.sum(axis=1), 1.0)
+    # the posterior under the right prior is the Bayes rule: P * prior, normalised
+    np.testing.assert_allclose(Q, P * estimate / (P * estimate).sum(axis=1, keepdims=True),
+                               atol=1e-6)
+
+
+def test_group_posterior_recovers_each_groups_composition():
+    rng = np.random.default_rng(1)
+    compositions = np.array([[0.8, 0.2, 0.0], [0.0, 0.7, 0.3], [0.1, 0.0, 0.9]])
+    parts, given = [], []
+    for y, comp in enumerate(compositions):
+        P, _ = _calibrated(rng, comp, 8000, separation=3.0)
+        parts.append(P)
+        given.append(np.full(len(P), y))
+    P, given = np.concatenate(parts), np.concatenate(given)
+    post, estimate = group_posterior(P, given, 3, np.ones(given.size))
+    np.testing.assert_allclose(estimate, compositions, atol=0.03)
+    np.testing.assert_allclose(post.sum(axis=1), 1.0)
+
+
+def test_group_posterior_weights_leave_out_rows():
+    rng = np.random.default_rng(2)
+    P, _ = _calibrated(rng, np.array([0.5, 0.5]), 4000)
+    junk = np.tile([[1.0, 0.0]], (4000, 1))  # rows that would drag the estimate to class 0
+    both = np.concatenate([P, junk])
+    weights = np.concatenate([np.ones(4000), np.zeros(4000)])
+    _, with_weights = group_posterior(both, np.zeros(8000, np.int64), 2, weights)
+    _, alone = group_posterior(P, np.zeros(4000, np.int64), 2, np.ones(4000))
+    np.testing.assert_allclose(with_weights, alone, atol=1e-6)
+
+
+def test_appearance_share_tells_class_noise_from_appearance_noise():
+    rng = np.random.default_rng(3)
+    n, K = 3000, 3
+    z = rng.integers(0, K, n)
+    x = rng.random(n)  # position within the class: appearance
+    order = np.lexsort((x, z))  # neighbours: adjacent rows of the same class
+    z, x = z[order], x[order]
+    neighbours = np.stack([np.clip(np.arange(n) + d, 0, n - 1) for d in (-2, -1, 1, 2)], 1)
+    post = np.eye(K)[z] * 0.98 + 0.02 / K  # the class is known well
+    flip = rng.random(n) < 0.25
+    random_labels = np.where(flip, (z + rng.integers(1, K, n)) % K, z)
+    lam_random, _ = appearance_share(post, random_labels, neighbours, K, np.ones(n))
+    # appearance noise: the upper quarter of every class looks like the next class
+    looks = np.where(x > 0.75, (z + 1) % K, z)
+    lam_looks, share = appearance_share(post, looks, neighbours, K, np.ones(n))
+    assert lam_random < 0.1
+    assert lam_looks > 0.5
+    assert share[x > 0.8].mean() > share[x < 0.7].mean()
+
+
+# --- stacking ---------------------------------------------------------------------------
+
+def test_stack_weights_follow_what_each_view_knows():
+    rng = np.random.default_rng(4)
+    m, K = 4000, 4
+    hint = rng.integers(0, K, m)
+    probabilities = np.where(np.eye(K)[hint] > 0, 0.7, 0.1)
+    y = np.array([rng.choice(K, p=row) for row in probabilities])  # labels drawn from the view
+    informative = np.log(probabilities)
+    noise = np.log(rng.dirichlet(np.ones(K), m))
+    params = fit_stack([informative, noise], y, K)
+    assert params[0] == pytest.approx(1.0, abs=0.15)  # calibrated: weight 1
+    assert params[1] < 0.05
+    assert np.abs(params[2:]).max() < 0.2  # balanced labels: small biases
+
+
+# --- local false-discovery rates -----------------------------------------------------------
+
+def _naive_grenander_density(p):
+    """Slope of the least concave majorant of the ECDF, from all chords (O(n^3))."""
+    xs = np.concatenate([[0.0], np.sort(p), [1.0]])
+    ys = np.concatenate([[0.0], np.arange(1, p.size + 1) / p.size, [1.0]])
+    grid = xs
+    major = np.array([max(ys[a] + (ys[b] - ys[a]) * (g - xs[a]) / (xs[b] - xs[a])
+                          if xs[b] > xs[a] else max(ys[a], ys[b])
+                          for a in range(xs.size) for b in range(a, xs.size)
+                          if xs[a] <= g <= xs[b]) for g in grid])
+    density = np.empty(p.size)
+    for i in range(1, p.size + 1):  # the segment ending at sorted point i
+        j = i - 1
+        while j > 0 and xs[j] == xs[i]:
+            j -= 1
+        density[i - 1] = (major[i] - major[j]) / (xs[i] - xs[j]) if xs[i] > xs[j] else np.inf
+    return density
+
+
+def test_grenander_density_equals_the_naive_concave_majorant():
+    rng = np.random.default_rng(5)
+    p = np.concatenate([rng.random(25), rng.random(10) ** 4])
+    lfdr, pi0 = grenander_lfdr(p)
+    density = _naive_grenander_density(p)
+    expected = np.minimum(1.0, pi0 / np.maximum(density, 1e-9))
+    np.testing.assert_allclose(lfdr[np.argsort(p, kind="stable")], expected, rtol=1e-9)
+    assert pi0 == pytest.approx(min(1.0, 2 * np.mean(p > 0.5)))
+
+
+def test_lfdr_of_uniform_p_values_calls_nothing():
+    lfdr, pi0 = grenander_lfdr(np.random.default_rng(6).random(5000))
+    assert pi0 > 0.95 and np.mean(lfdr < 0.5) < 0.005
+
+
+def test_lfdr_finds_the_small_p_values():
+    rng = np.random.default_rng(7)
+    p = np.concatenate([rng.random(4000), rng.random(1000) * 1e-3])
+    lfdr, pi0 = grenander_lfdr(p)
+    assert pi0 == pytest.approx(0.8, abs=0.03)
+    assert np.mean(lfdr[4000:] < 0.5) > 0.95 and np.mean(lfdr[:4000] < 0.5) < 0.01
+
+
+# --- the whole decision ----------------------------------------------------------------------
+
+def _data(rng, n_per_class=150, K=4, dim=24, flip=0.2, val_per_class=30, outliers=0,
+          spread=3.0):
+    centres = rng.normal(size=(K + 1, dim)) * spread
+    z = np.repeat(np.arange(K), n_per_class)
+    X = centres[z] + rng.normal(size=(z.size, dim))
+    given = z.copy()
+    flipped = rng.random(z.size) < flip
+    given[flipped] = (z[flipped] + rng.integers(1, K, flipped.sum())) % K
+    if outliers:  # images of a class outside the label set, with random labels
+        X = np.concatenate([X, centres[K] + rng.normal(size=(outliers, dim))])
+        given = np.concatenate([given, rng.integers(0, K, outliers)])
+        z = np.concatenate([z, np.full(outliers, -1)])
+    vz = np.repeat(np.arange(K), val_per_class)
+    V = centres[vz] + rng.normal(size=(vz.size, dim))
+    return X.astype(np.float32), given, z, V.astype(np.float32), vz
+
+
+def _f1(flag, truth):
+    tp = np.sum(flag & truth)
+    return 2 * tp / (flag.sum() + truth.sum())
+
+
+def test_decisions_find_the_flipped_labels():
+    rng = np.random.default_rng(8)
+    X, given, z, V, vz = _data(rng)
+    result = label_decisions(X, given, V, vz, 4)
+    assert _f1(result.flagged, given != z) > 0.9
+    assert set(result.decisions) <= {"clean", "dirty"}  # no outliers here
+    np.testing.assert_allclose(result.noise_rate, 0.2, atol=0.07)
+    # the suggested class of a flagged image is mostly its true class
+    dirty = result.decisions == "dirty"
+    assert np.mean(result.suggested[dirty] == z[dirty]) > 0.9
+    np.testing.assert_allclose(result.class_posterior.sum(axis=1), 1.0)
+    assert (result.score < 0).tolist() == result.flagged.tolist()
+
+
+def test_decisions_call_images_of_no_class_outliers():
+    rng = np.random.default_rng(9)
+    X, given, z, V, vz = _data(rng, flip=0.1, outliers=60)
+    result = label_decisions(X, given, V, vz, 4)
+    outlier = result.decisions == "outlier"
+    assert np.mean(outlier[z < 0]) > 0.9 and np.mean(outlier[z >= 0]) < 0.01
+    # the share comes from p-values against only 30 validation images per class: rough
+    assert result.info["outlier_share"] == pytest.approx(60 / z.size, abs=0.1)
+    assert (result.suggested[outlier] == -1).all()
+    off = label_decisions(X, given, V, vz, 4, options=DecisionOptions(outliers=False))
+    assert not (off.decisions == "outlier").any()
+
+
+def test_relabel_only_when_asked_and_confident():
+    rng = np.random.default_rng(10)
+    X, given, z, V, vz = _data(rng)
+    result = label_decisions(X, given, V, vz, 4,
+                             options=DecisionOptions(relabel=True, relabel_confidence=0.9))
+    relabel = result.decisions == "relabel"
+    assert relabel.sum() > 0.5 * (given != z).sum()
+    assert (result.confidence[relabel] >= 0.9).all()
+    assert np.mean(result.suggested[relabel] == z[relabel]) > 0.95
+
+
+def test_value_view_enters_the_stack():
+    rng = np.random.default_rng(11)
+    X, given, z, V, vz = _data(rng, spread=0.4)  # overlapping classes: the features are weak
+    K = 4
+    # an informative value net: about +1 for the true class, -1 for the others
+    train_values = np.where(np.eye(K)[z] > 0, 1.0, -1.0) + rng.normal(0, 0.5, (z.size, K))
+    val_values = np.where(np.eye(K)[vz] > 0, 1.0, -1.0) + rng.normal(0, 0.5, (vz.size, K))
+    without = label_decisions(X, given, V, vz, K)
+    result = label_decisions(X, given, V, vz, K, train_values=train_values,
+                             val_values=val_values, value_scale=np.ones(K))
+    assert result.info["view_weights"]["values"] > 0.5
+    assert _f1(result.flagged, given != z) > _f1(without.flagged, given != z) + 0.1
+
+
+def test_same_seed_same_decisions_and_blocked_input():
+    rng = np.random.default_rng(12)
+    X, given, z, V, vz = _data(rng, n_per_class=80)
+    a = label_decisions(X, given, V, vz, 4, options=DecisionOptions(seed=3, pool=200))
+    b = label_decisions(X, given, V, vz, 4, options=DecisionOptions(seed=3, pool=200))
+    np.testing.assert_array_equal(a.score, b.score)
+    assert a.info["pool"] == 200
+
+
+def test_user_errors_are_one_line():
+    rng = np.random.default_rng(13)
+    X, given, z, V, vz = _data(rng, n_per_class=20)
+    with pytest.raises(TvcleanError, match="class 3 has no validation image"):
+        label_decisions(X, given, V[vz < 3], vz[vz < 3], 4)
+    with pytest.raises(TvcleanError, match="training features have 24 dimensions, "
+                                           "validation features 5"):
+        label_decisions(X, given, V[:, :5], vz, 4)
+
+
+
+def test_a_class_with_one_validation_image_still_works():
+    rng = np.random.default_rng(13)
+    X, given, z, V, vz = _data(rng, n_per_class=20)
+    first = np.flatnonzero(vz == 0)[0]
+    keep = np.concatenate([[first], np.flatnonzero(vz > 0)])
+    result = label_decisions(X, given, V[keep], vz[keep], 4)
+    assert np.isfinite(result.score).all() and result.class_posterior.shape == (X.shape[0], 4)
+
+
+@pytest.mark.parametrize("val_noise, offset", [(0.4, 0.0), (1.0, 0.8)])
+def test_a_validation_set_unlike_the_training_set_makes_no_outliers(val_noise, offset):
+    # collected apart (tighter, or shifted): every training image is equally far from it
+    rng = np.random.default_rng(21)
+    X, given, z, _, vz = _data(rng, flip=0.1)
+    centres = rng.normal(size=(4, X.shape[1])) * 3.0
+    X = (centres[z] + rng.normal(size=X.shape)).astype(np.float32)
+    V = (centres[vz] + offset + val_noise * rng.normal(size=(vz.size, X.shape[1])))
+    result = label_decisions(X, given, V.astype(np.float32), vz, 4)
+    assert np.mean(result.decisions == "outlier") < 0.01
+    assert _f1(result.flagged, given != z) > 0.8
+
+
+def test_aligned_reference_moves_the_null_to_the_training_bulk():
+    from tvcore.engine.posterior import aligned_reference
+
+    rng = np.random.default_rng(3)
+    reference = rng.normal(5.0, 0.1, 200)
+    bulk = np.concatenate([rng.normal(1.0, 2.0, 900), rng.normal(-20.0, 1.0, 100)])
+    moved = aligned_reference(reference, bulk)
+    assert np.all(np.diff(moved) >= 0)
+    assert abs(np.median(moved) - np.median(bulk)) < 1e-9
+    assert 1.5 < np.median(np.abs(moved - np.median(moved))) / 0.6745 < 2.8  # MAD of the bulk
+    np.testing.assert_array_equal(aligned_reference(reference, bulk[:5]), np.sort(reference))

@@ -1,0 +1,578 @@
+"""Decisions from the training-values and what the clean validation set says directly.
+
+`label_decisions` turns the features, the value nets' predictions and the
+validation set into the probability that each training image's given label
+is right, and decides among `clean`, `dirty` (discard), `relabel` (a
+confident other class; off unless asked for) and `outlier` (an image of no
+class in the label set). Plain arrays in, a small dataclass out; no files.
+
+The evidence, and how each piece is weighed (every weight is fitted on the
+data set at hand; nothing is tuned to a benchmark):
+
+1. Views of an image's true class, each a (K,) vector:
+   - trusted: multinomial logistic regression fit on the validation images
+     only (C chosen by cross-validated log-loss there);
+   - neighbours: the given labels of the k most similar training images
+     (the image itself left out);
+   - values: every class's value net applied to the image (how much it would
+     lower the validation loss if it were labelled that class), in units of
+     the class's mean |Monte-Carlo value|.
+   They are stacked: view weights and class biases maximise the likelihood
+   of the validation labels (the trusted view's validation probabilities
+   cross-fitted), so a view that misleads on this data set gets a small
+   weight (the neighbours when similar images share the same wrong label) and
+   one that knows more a large one (the training-values and neighbours when
+   the validation set is small).
+2. Images of no class: around an image of a class the validation and the
+   training set are as dense as their sizes say; around an image of no class
+   the training set has images and the validation set none. The statistic
+   (similarity to the nearest validation images minus similarity to the
+   nearest training images, their numbers in the ratio of the two sets'
+   sizes for the image's class) is calibrated on the validation images
+   themselves (conformal p-values per class, with an exponential tail below
+   a class's smallest reference value); the share of outliers and each image's
+   probability come from a decreasing-density (Grenander) local
+   false-discovery rate with Storey's null share, so with no outliers almost
+   nothing is called one.
+3. What the image's own label adds, under two noise models fitted by EM:
+   class-conditional noise (each given-label group is a mixture of true
+   classes; the group's composition is its estimated noise rate, so decisions
+   are calibrated per class and class size) and noise that follows the
+   image's appearance (the label says no more than the neighbourhood does).
+   Their mixing weight is the maximum-likelihood share of the second model in
+   explaining each label from its neighbourhood: near 0 for random or pair
+   flips, large when similar images share the same wrong label.
+
+The score is the log-odds that the label is right, (1 - p_outlier) *
+p_label; an image is flagged when it is below the threshold (0: even odds).
+A flagged image is an `outlier` when p_outlier is the larger part of the
+doubt, `relabel` (if enabled) when its best other class has at least
+`relabel_confidence`, else `dirty`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TvcleanError
+from .featurenorm import FeatureView, normalize
+
+CLEAN, DIRTY, RELABEL, OUTLIER = "clean", "dirty", "relabel", "outlier"
+DECISIONS = (CLEAN, DIRTY, RELABEL, OUTLIER)
+_EPS = 1e-9
+_TINY = 1e-300  # floor of a probability inside a log
+_BLOCK = 1024  # query rows per similarity block (memory: block x pool floats)
+
+
+@dataclass
+class DecisionOptions:
+    """Settings of `label_decisions` (FilterConfig holds the user-facing ones)."""
+
+    neighbours: int = 20  # k of the neighbourhood vote
+    regime_neighbours: int = 20  # k of the label-consistency estimate (step 3)
+    pool: int = 20000  # training images the neighbours are searched among (a seeded subset)
+    outliers: bool = True  # decide `outlier` at all
+    outlier_neighbours: int = 10  # validation neighbours of the outlier statistic
+    relabel: bool = False  # decide `relabel` at all (else such images are `dirty`)
+    relabel_confidence: float = 0.9  # the suggestion's probability needed to relabel
+    value_view: bool = True  # the value nets as a view of the true class (step 1)
+    neighbour_view: bool = True  # the neighbourhood vote as a view (step 1)
+    appearance: bool = True  # allow noise that follows appearance (step 3; else class noise only)
+    threshold: float = 0.0  # flag when the log-odds that the label is right is below this
+    trusted_C: tuple[float, ...] = (1.0, 10.0, 100.0)  # grid of the trusted classifier's C
+    folds: int = 3  # cross-fitting folds on the validation set
+    seed: int = 0
+
+
+@dataclass
+class LabelDecisions:
+    """Per training image (n,), per class (K,), and what was estimated."""
+
+    decisions: np.ndarray  # (n,) str: clean, dirty, relabel, outlier
+    score: np.ndarray  # (n,) log-odds that the given label is right (lower = more likely wrong)
+    p_label: np.ndarray  # (n,) probability that the given label is right
+    p_outlier: np.ndarray  # (n,) probability that the image is of no class
+    class_posterior: np.ndarray  # (n, K) true class given the image is of some class
+    suggested: np.ndarray  # (n,) int64 best other class (-1 for none)
+    confidence: np.ndarray  # (n,) its probability
+    noise_rate: np.ndarray  # (K,) estimated share of wrong labels per given label
+    info: dict = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """(n,) bool: not `clean`."""
+        return self.decisions != CLEAN
+
+
+
+# --------------------------------------------------------------------------- helpers
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    peak = logits.max(axis=1, keepdims=True)
+    shifted = logits - peak
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def top_similar(query, pool: np.ndarray, k: int,
+                self_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k most cosine-similar pool rows of every query row, most similar first.
+
+    query (q, D) unit rows (an array or a FeatureView, read in blocks), pool
+    (p, D) unit rows; self_rows (q,): the pool row that is the query itself
+    (-1: none), left out. Returns (indices (q, k) int64, similarities (q, k)
+    float32).
+    """
+    k = min(k, pool.shape[0] - (self_rows is not None))
+    idx = np.empty((query.shape[0], k), np.int64)
+    sim = np.empty((query.shape[0], k), np.float32)
+    for start in range(0, query.shape[0], _BLOCK):
+        block = np.asarray(query[start:start + _BLOCK]) @ pool.T
+        if self_rows is not None:
+            rows = np.arange(block.shape[0])
+            own = self_rows[start:start + _BLOCK]
+            block[rows[own >= 0], own[own >= 0]] = -np.inf
+        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(block, part, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        idx[start:start + _BLOCK] = np.take_along_axis(part, order, axis=1)
+        sim[start:start + _BLOCK] = np.take_along_axis(values, order, axis=1)
+    return idx, sim
+
+
+def label_votes(neighbour_labels: np.ndarray, n_classes: int, alpha: float = 1.0) -> np.ndarray:
+    """(q, K) smoothed share of each class among the labels (q, k) of the neighbours."""
+    k = neighbour_labels.shape[1]
+    counts = np.zeros((neighbour_labels.shape[0], n_classes))
+    for c in range(n_classes):
+        counts[:, c] = (neighbour_labels == c).sum(axis=1)
+    return (counts + alpha / n_classes) / (k + alpha)
+
+
+def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid, folds: int,
+                seed: int):
+    """Logistic regression on the validation set, C chosen by cross-validated log-loss.
+
+    Returns (model, C, cv_probabilities (m, K)): the probabilities of every
+    validation image come from a fold that did not see it.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    import warnings
+
+    counts = np.bincount(val_y, minlength=n_classes)
+    # a class with a single validation image: its fold predicts it from the other classes only
+    folds = max(2, int(min(folds, counts[counts > 0].min())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has 1 member"
+        split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(val, val_y))
+    best: tuple[float, float, np.ndarray] | None = None
+    for C in grid:
+        cv = np.full((val.shape[0], n_classes), _EPS)
+        for fit_rows, held in split:
+            model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], val_y[fit_rows])
+            cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
+        loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
+        if best is None or loss < best[0]:
+            best = (float(loss), float(C), cv)
+    assert best is not None
+    _, C, cv = best
+    return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
+
+
+def class_probabilities(model, X, n_classes: int) -> np.ndarray:
+    """(n, K) probabilities of a fitted classifier (X: an array or a FeatureView)."""
+    out = np.full((X.shape[0], n_classes), _EPS)
+    for start in range(0, X.shape[0], 8 * _BLOCK):
+        out[start:start + 8 * _BLOCK, model.classes_] = model.predict_proba(
+            np.asarray(X[start:start + 8 * _BLOCK]))
+    return out
+
+
+def fit_stack(views: list[np.ndarray], labels: np.ndarray, n_classes: int,
+              bias_penalty: float = 1.0) -> np.ndarray:
+    """Weights (one per view, >= 0) and class biases maximising sum log softmax(sum w_v V_v + b).
+
+    views: (m, K) each; labels (m,). Returns (n_views + K,).
+    """
+    from scipy.optimize import minimize
+
+    m, n_views = labels.size, len(views)
+    rows = np.arange(m)
+    onehot = np.eye(n_classes)[labels]
+
+    def loss(params):
+        weights, bias = params[:n_views], params[n_views:]
+        logp = log_softmax(sum(w * v for w, v in zip(weights, views)) + bias)
+        resid = np.exp(logp) - onehot  # gradient of -log p[label] wrt the logits
+        grad = [float((resid * v).sum()) for v in views]
+        value = -logp[rows, labels].sum() + bias_penalty * (bias ** 2).sum()
+        return value, np.concatenate([grad, resid.sum(axis=0) + 2 * bias_penalty * bias])
+
+    start = np.concatenate([np.full(n_views, 0.5), np.zeros(n_classes)])
+    bounds = [(0.0, 50.0)] * n_views + [(None, None)] * n_classes
+    return minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds).x
+
+
+def stacked(views: list[np.ndarray], params: np.ndarray) -> np.ndarray:
+    n_views = len(views)
+    return np.exp(log_softmax(sum(w * v for w, v in zip(params[:n_views], views))
+                              + params[n_views:]))
+
+
+def prior_shift(P: np.ndarray, weights: np.ndarray | None = None, iters: int = 200,
+                tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Saerens-Latinne-Decaestecker EM: class posteriors (n, K) under a uniform prior ->
+    posteriors under the set's own estimated prior, and that prior (K,).
+
+    weights (n,): how much each row counts towards the prior (default 1).
+    """
+    n, K = P.shape
+    weights = np.ones(n) if weights is None else weights
+    total = max(weights.sum(), _EPS)
+    prior = np.full(K, 1.0 / K)
+    Q = P
+    for _ in range(iters):
+        Q = P * prior
+        Q /= Q.sum(axis=1, keepdims=True)
+        new = (weights @ Q + 1e-3 / K) / (total + 1e-3)
+        done = np.abs(new - prior).max() < tol
+        prior = new
+        if done:
+            break
+    return Q, prior
+
+
+def group_posterior(P: np.ndarray, given: np.ndarray, n_classes: int, weights: np.ndarray,
+                    appearance: np.ndarray | None = None, Q: np.ndarray | None = None,
+                    iters: int = 200, tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """Every given-label group is a mixture of true classes; its composition by EM.
+
+    P (n, K) class probabilities under a uniform prior. Class-conditional
+    noise: the posterior of image i in group y is P_i * pi_y, normalised.
+    appearance (n,), Q (n, K): the responsibility of the appearance model and
+    its posterior (Q: under the set's own prior); the composition is then
+    the mean of the mixed posterior (1 - a) P_i pi_y + a Q_i over the group.
+    weights (n,): how much each image counts (1 - p_outlier). Returns
+    (class-conditional posterior (n, K), composition (K groups, K classes)).
+    """
+    post = np.zeros_like(P)
+    composition = np.zeros((n_classes, n_classes))
+    for y in range(n_classes):
+        rows = np.flatnonzero(given == y)
+        if rows.size == 0:
+            composition[y, y] = 1.0
+            continue
+        Py, wy = P[rows], weights[rows]
+        ay = np.zeros(rows.size) if appearance is None else appearance[rows]
+        fixed = 0.0 if Q is None else ay[:, None] * Q[rows]
+        total = max(wy.sum(), _EPS)
+        pi = np.full(n_classes, 1.0 / n_classes)
+        for _ in range(iters):
+            cc = Py * pi
+            cc /= cc.sum(axis=1, keepdims=True)
+            mixed = (1 - ay)[:, None] * cc + fixed
+            new = (wy @ mixed + 1e-3 / n_classes) / (total + 1e-3)
+            done = np.abs(new - pi).max() < tol
+            pi = new
+            if done:
+                break
+        post[rows], composition[y] = cc, pi
+    return post, composition
+
+
+def appearance_share(post: np.ndarray, given: np.ndarray, neighbours: np.ndarray,
+                     n_classes: int, weights: np.ndarray) -> tuple[float, np.ndarray]:
+    """How much of the labelling follows the images' appearance rather than their class.
+
+    Two explanations of each label y_i from the image's neighbourhood (k
+    neighbours, itself left out): class-conditional noise, a_i = sum_c
+    q_i(c) T[c, y_i] with q_i the mean class posterior of the neighbours and T
+    the transition matrix implied by `post`; or labels that follow
+    appearance, b_i = the share of neighbours labelled y_i. The share lam
+    maximises sum_i w_i log((1 - lam) a_i + lam b_i). Returns (lam, per-image
+    responsibility of the appearance model (n,)).
+    """
+    from scipy.optimize import minimize_scalar
+
+    joint = np.zeros((n_classes, n_classes))  # true class x given label
+    for y in range(n_classes):
+        joint[:, y] = (weights[given == y, None] * post[given == y]).sum(axis=0)
+    transition = (joint + 1e-3) / (joint + 1e-3).sum(axis=1, keepdims=True)
+    q = post[neighbours].mean(axis=1)
+    a = np.einsum("nc,nc->n", q, transition[:, given].T)
+    k = neighbours.shape[1]
+    b = ((given[neighbours] == given[:, None]).sum(axis=1) + 1.0 / n_classes) / (k + 1.0)
+
+    def nll(lam):
+        return -(weights * np.log((1 - lam) * a + lam * b)).sum()
+
+    lam = float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
+    share = lam * b / ((1 - lam) * a + lam * b)
+    return lam, share
+
+
+def grenander_lfdr(p: np.ndarray) -> tuple[np.ndarray, float]:
+    """Local false-discovery rate of p-values under a decreasing density (Grenander).
+
+    The density of the p-values is the slope of the least concave majorant of
+    their empirical distribution; the null share pi0 is Storey's estimate
+    2 x (share of p-values above 1/2), capped at 1. Returns (lfdr (n,), pi0).
+    """
+    n = p.size
+    order = np.argsort(p, kind="stable")
+    xs = np.concatenate([[0.0], np.clip(p[order], 0, 1)])
+    ys = np.arange(n + 1) / n
+    hull = [0]  # indices into xs of the least concave majorant's vertices
+    for i in range(1, n + 1):
+        while len(hull) >= 2:
+            x0, y0 = xs[hull[-2]], ys[hull[-2]]
+            x1, y1 = xs[hull[-1]], ys[hull[-1]]
+            # drop the last vertex while it lies below the chord to point i
+            if (y1 - y0) * (xs[i] - x0) <= (ys[i] - y0) * (x1 - x0):
+                hull.pop()
+            else:
+                break
+        hull.append(i)
+    if xs[hull[-1]] < 1.0:  # close at (1, 1)
+        xs, ys = np.append(xs, 1.0), np.append(ys, 1.0)
+        hull.append(xs.size - 1)
+    density = np.empty(n)
+    for left, right in zip(hull[:-1], hull[1:]):
+        width = xs[right] - xs[left]
+        slope = (ys[right] - ys[left]) / width if width > 0 else np.inf
+        # points left+1 .. right of the sorted list (xs index i <-> sorted p i-1)
+        lo, hi = left, min(right, n)
+        density[lo:hi] = slope
+    pi0 = min(1.0, 2.0 * float(np.mean(p > 0.5)))
+    lfdr = np.empty(n)
+    lfdr[order] = np.minimum(1.0, pi0 / np.maximum(density, _EPS))
+    return lfdr, pi0
+
+
+def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
+                        val_pool_sims: np.ndarray, val_val_sims: np.ndarray, val_y: np.ndarray,
+                        class_post: np.ndarray, prior: np.ndarray, pool_size: int,
+                        k_val: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Probability (n,) that each training image is of no class, the estimated share of such
+    images, and their conformal p-values (n,).
+
+    Statistic: mean similarity to the k_val most similar validation images
+    minus mean similarity to the k_t most similar training images of the
+    pool, k_t = k_val x (pool images / validation images of the image's
+    class, expected under its class posterior): around an image of a class
+    the two sets are as dense as their sizes say, around an image of no class
+    the validation set has nothing. Validation images, scored the same way
+    with themselves left out, are the reference of the conformal p-values:
+    per class (the statistic's level and spread differ between classes), mixed
+    by the image's class posterior.
+    *_sims: similarities of each image's most similar pool / validation
+    images, most similar first (train (n, >=k), val (m, >=k)); class_post
+    (n, K) and prior (K,) under the training set's class prior.
+    """
+    K = prior.size
+    val_counts = np.bincount(val_y, minlength=K).astype(float)
+    ratio = np.maximum(prior * pool_size, 1.0) / np.maximum(val_counts, 1.0)
+    k_max = min(train_pool_sims.shape[1], val_pool_sims.shape[1])
+    k_train = np.clip(np.rint(k_val * class_post @ ratio), 1, k_max).astype(int)
+    k_ref = np.clip(np.rint(k_val * ratio[val_y]), 1, k_max).astype(int)
+    k_v = min(k_val, train_val_sims.shape[1], val_val_sims.shape[1])
+
+    def mean_top(sims, ks):
+        csum = np.cumsum(sims, axis=1, dtype=np.float64)
+        return csum[np.arange(sims.shape[0]), ks - 1] / ks
+
+    stat_train = train_val_sims[:, :k_v].mean(axis=1) - mean_top(train_pool_sims, k_train)
+    stat_val = val_val_sims[:, :k_v].mean(axis=1) - mean_top(val_pool_sims, k_ref)
+    # conformal p-value against the validation images of each class, mixed by the image's
+    # class posterior (the statistic's spread differs between classes)
+    p = np.zeros(stat_train.size)
+    nearest_class = class_post.argmax(axis=1)
+    for c in range(K):
+        reference = aligned_reference(stat_val[val_y == c], stat_train[nearest_class == c])
+        if reference.size:
+            p_c = (1.0 + np.searchsorted(reference, stat_train, side="right")) / (reference.size + 1.0)
+            # below the smallest reference the ranks cannot tell apart: an exponential tail
+            # in units of the reference's spread keeps far images below near ones
+            spread = max(np.std(reference), _EPS)
+            below = stat_train < reference[0]
+            p_c[below] *= np.exp((stat_train[below] - reference[0]) / spread)
+            p += class_post[:, c] * p_c
+    p /= np.maximum(class_post[:, val_counts > 0].sum(axis=1), _EPS)
+    lfdr, pi0 = grenander_lfdr(p)
+    return 1.0 - lfdr, 1.0 - pi0, p
+
+
+def aligned_reference(reference: np.ndarray, bulk: np.ndarray) -> np.ndarray:
+    """The validation images' statistics (the null's shape), moved to the location and spread
+    of the training images' bulk (median, MAD), sorted.
+
+    A validation set collected apart from the training set (other photographers,
+    writers, a later crawl) shifts the statistic of every training image alike;
+    the median and MAD of the training images themselves (Efron's empirical null:
+    robust while most images belong to a class) undo such a shift, and only an
+    image far below its own set's bulk reads as an outlier. Fewer than 10 training
+    images of the class: the reference as it is.
+    """
+    reference = np.sort(np.asarray(reference, np.float64))
+    if reference.size < 2 or bulk.size < 10:
+        return reference
+    med_v, med_t = np.median(reference), np.median(bulk)
+    mad_v = np.median(np.abs(reference - med_v))
+    mad_t = np.median(np.abs(bulk - med_t))
+    if mad_v <= _EPS or mad_t <= _EPS:
+        return reference - med_v + med_t
+    return med_t + (reference - med_v) * (mad_t / mad_v)
+
+
+# --------------------------------------------------------------------------- main entry
+
+def label_decisions(train_features, train_labels, val_features, val_labels, n_classes: int,
+                    train_values=None, val_values=None, value_scale=None, center=None,
+                    options: DecisionOptions | None = None) -> LabelDecisions:
+    """Decide every training image from the training-values and the validation set.
+
+    train_features (n, D) (may be memory-mapped: read in blocks), train_labels
+    (n,) given labels, val_features (m, D), val_labels (m,) true labels;
+    train_values (n, K), val_values (m, K): every class's value net on the
+    images; value_scale (K,): each class's mean |Monte-Carlo value| (the
+    view's unit); center (D,): the feature centre (default: the training
+    mean). Without the value inputs the decision uses the validation set and
+    the neighbourhood alone.
+    """
+    options = options or DecisionOptions()
+    given = np.asarray(train_labels, np.int64)
+    val_y = np.asarray(val_labels, np.int64)
+    n, K = given.size, int(n_classes)
+    _check_inputs(train_features, given, val_features, val_y, K)
+    if center is None:
+        center = _mean_rows(train_features)
+    train = FeatureView(train_features, np.asarray(center, np.float64))
+    val = normalize(val_features, np.asarray(center, np.float64))
+    m = val.shape[0]
+    rng = np.random.default_rng([options.seed, 7])
+    pool_rows = (np.arange(n) if n <= options.pool
+                 else np.sort(rng.choice(n, options.pool, replace=False)))
+    pool = train[pool_rows]
+    self_in_pool = np.full(n, -1, np.int64)
+    self_in_pool[pool_rows] = np.arange(pool_rows.size)
+    info: dict = {"pool": int(pool_rows.size)}
+
+    # Similar images, once: the neighbourhood views and the outlier statistic share them.
+    # The outlier statistic needs up to k_val x (pool / validation images of a class).
+    counts = np.bincount(given[pool_rows], minlength=K)
+    val_counts = np.maximum(np.bincount(val_y, minlength=K), 1)
+    k_needed = options.outlier_neighbours * 2 * counts.max() / val_counts.min()
+    k_big = int(min(max(options.neighbours, options.regime_neighbours,
+                        k_needed if options.outliers else 0), 500, pool_rows.size - 1))
+    nb_train, sim_train = top_similar(train, pool, k_big, self_in_pool)
+    nb_val, sim_val = top_similar(val, pool, k_big)
+
+    # 1. views of the true class, stacked on the validation set
+    trusted, C, val_trusted = fit_trusted(val, val_y, K, options.trusted_C, options.folds,
+                                          options.seed)
+    info["trusted_C"] = C
+    views_train = [np.log(class_probabilities(trusted, train, K))]
+    views_val = [np.log(val_trusted)]
+    pool_labels = given[pool_rows]
+    k = options.neighbours
+    names = ["trusted"]
+    if options.neighbour_view:
+        views_train.append(np.log(label_votes(pool_labels[nb_train[:, :k]], K)))
+        views_val.append(np.log(label_votes(pool_labels[nb_val[:, :k]], K)))
+        names.append("neighbours")
+    if options.value_view and train_values is not None and val_values is not None:
+        scale = np.ones(K) if value_scale is None else np.asarray(value_scale, np.float64)
+        scale = np.maximum(np.abs(scale), _EPS)
+        views_train.append(np.asarray(train_values, np.float64) / scale)
+        views_val.append(np.asarray(val_values, np.float64) / scale)
+        names.append("values")
+    params = fit_stack(views_val, val_y, K)
+    info["view_weights"] = dict(zip(names, params[:len(names)].round(4).tolist()))
+    # the stack learnt the validation set's class prior: divide it out
+    val_prior = np.bincount(val_y, minlength=K) / m
+    P = stacked(views_train, params) / np.maximum(val_prior, _EPS)
+    P /= P.sum(axis=1, keepdims=True)
+
+    # 2. images of no class (before step 3: they should not count in its estimates)
+    Q, prior = prior_shift(P)
+    if options.outliers:
+        _, val_val = top_similar(val, val, options.outlier_neighbours, np.arange(m))
+        _, train_val = top_similar(train, val, options.outlier_neighbours)
+        p_out, share, _ = outlier_probability(sim_train, train_val, sim_val, val_val, val_y, Q,
+                                              prior, pool_rows.size,
+                                              options.outlier_neighbours)
+    else:
+        p_out, share = np.zeros(n), 0.0
+    info["outlier_share"] = round(share, 4)
+    inset = 1.0 - p_out
+    Q, prior = prior_shift(P, inset)
+
+    # 3. the own label: class-conditional noise and noise that follows appearance
+    regime_nb = pool_rows[nb_train[:, :options.regime_neighbours]]
+    post_cc, composition = group_posterior(P, given, K, inset)
+    lam, share_app = 0.0, np.zeros(n)
+    if options.appearance:
+        _, share_app = appearance_share(post_cc, given, regime_nb, K, inset)
+        # the compositions again, now that part of the labelling follows appearance
+        post_cc, composition = group_posterior(P, given, K, inset, share_app, Q)
+        lam, share_app = appearance_share(post_cc, given, regime_nb, K, inset)
+    info["appearance_share"] = round(lam, 4)
+    posterior = (1 - share_app)[:, None] * post_cc + share_app[:, None] * Q
+    rows = np.arange(n)
+    p_label = posterior[rows, given]
+
+    # decisions
+    # log-odds from both sides' own small terms (1 - p loses them near 1: far-off images
+    # would all tie at the clip and the ranking among them would be lost)
+    in_other = posterior.copy()
+    in_other[rows, given] = 0.0
+    right = (1 - p_out) * p_label
+    wrong = p_out + (1 - p_out) * in_other.sum(axis=1)
+    score = np.log(np.maximum(right, _TINY)) - np.log(np.maximum(wrong, _TINY))
+    others = posterior.copy()
+    others[rows, given] = -1
+    suggested = others.argmax(axis=1)
+    confidence = (1 - p_out) * posterior[rows, suggested]
+    decisions = np.full(n, CLEAN, dtype=object)
+    flagged = score < options.threshold
+    is_outlier = flagged & (p_out > (1 - p_out) * (1 - p_label))
+    decisions[flagged] = DIRTY
+    if options.relabel:
+        decisions[flagged & ~is_outlier & (confidence >= options.relabel_confidence)] = RELABEL
+    decisions[is_outlier] = OUTLIER
+    suggested = np.where(is_outlier, -1, suggested).astype(np.int64)
+    return LabelDecisions(decisions=decisions.astype(str), score=score, p_label=p_label,
+                          p_outlier=p_out, class_posterior=posterior, suggested=suggested,
+                          confidence=np.where(is_outlier, 0.0, confidence),
+                          noise_rate=1 - np.diag(composition), info=info)
+
+
+def _mean_rows(features) -> np.ndarray:
+    total = np.zeros(features.shape[1])
+    for start in range(0, features.shape[0], 8 * _BLOCK):
+        total += np.asarray(features[start:start + 8 * _BLOCK], np.float64).sum(axis=0)
+    return total / max(features.shape[0], 1)
+
+
+def _check_inputs(train_features, given, val_features, val_y, n_classes) -> None:
+    if train_features.shape[0] != given.size:
+        raise TvcleanError(f"{train_features.shape[0]} training feature rows but {given.size} "
+                           f"labels")
+    if val_features.shape[0] != val_y.size:
+        raise TvcleanError(f"{val_features.shape[0]} validation feature rows but {val_y.size} "
+                           f"labels")
+    if train_features.shape[1] != val_features.shape[1]:
+        raise TvcleanError(f"training features have {train_features.shape[1]} dimensions, "
+                           f"validation features {val_features.shape[1]}")
+    for name, labels in (("training", given), ("validation", val_y)):
+        if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+            raise TvcleanError(f"{name} labels must lie in 0..{n_classes - 1}")
+    missing = np.setdiff1d(np.arange(n_classes), val_y)
+    if missing.size:
+        raise TvcleanError(f"class {int(missing[0])} has no validation image; the posterior "
+                           f"decision needs every class in the validation set")
+    if given.size < 2:
+        raise TvcleanError("the posterior decision needs at least 2 training images")
