@@ -509,3 +509,71 @@ def test_symlinked_folders_are_followed_once_and_loops_are_counted(data, tmp_pat
                  "--threads", "1")
     assert "train: 28 images" in out  # 24 + 4 through the link
     assert "1 symbolic-link loop" in out
+
+
+# --- 10. regressions of the hostile-user sweep ---------------------------------------------------
+
+def test_non_utf8_and_line_break_file_names_are_skipped_and_named(data, tmp_path):
+    folder = data / "train" / "digit0"
+    os.rename(folder / "000.png", os.fsencode(folder) + b"/\xff.png")
+    (folder / "001.png").rename(folder / "cr\r.png")
+    before = digest(data)
+    out = run_ok("clean", data / "train", data / "val", "-o", tmp_path / "run", *FAST,
+                 "--no-report")
+    assert "train: 22 images" in out, out
+    assert "1 line break in the name, 1 name not valid UTF-8" in out, out
+    run_ok("estimate", tmp_path / "run", *FAST)  # the run's own index reads back
+    assert digest(data) == before
+
+
+def test_symlinked_artifacts_are_refused_and_their_targets_untouched(data, tmp_path):
+    run = tmp_path / "run"
+    run_ok("clean", data / "train", data / "val", "-o", run, *FAST, "--no-report")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes\n")
+    (mine / "www").mkdir()
+    (mine / "www" / "index.html").write_text("<p>my site</p>")
+    (run / "log.txt").unlink()
+    (run / "log.txt").symlink_to(mine / "notes.txt")
+    cli_fails("filter", run, match=r"log.txt is a symbolic link")
+    (run / "log.txt").unlink()
+    shutil.rmtree(run / "report", ignore_errors=True)
+    (run / "report").symlink_to(mine / "www")
+    cli_fails("report", run, "--thumbnails", "1", match=r"report is a symbolic link")
+    assert (mine / "notes.txt").read_text() == "my notes\n"
+    assert (mine / "www" / "index.html").read_text() == "<p>my site</p>"
+    assert sorted(p.name for p in mine.rglob("*")) == ["index.html", "notes.txt", "www"]
+
+
+def test_a_run_inside_the_data_root_is_refused(data):
+    before = digest(data)
+    cli_fails("clean", data, "-o", data / "run", *FAST, match=r"inside the input folder")
+    assert digest(data) == before and not (data / "run").exists()
+
+
+def test_a_fifo_among_the_images_is_skipped_not_waited_on(data, tmp_path):
+    os.mkfifo(data / "train" / "digit0" / "fifo.png")
+    done = run_process("extract", data / "train", data / "val", "-o", tmp_path / "run",
+                       "--threads", "1", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "train: 24 images" in done.stdout + done.stderr
+
+
+def test_a_config_that_is_not_a_regular_file_is_one_line(data, tmp_path):
+    cli_fails("extract", data / "train", data / "val", "-o", tmp_path / "run", "--config",
+              "/dev/zero", match=r"/dev/zero: not a configuration file")
+
+
+def test_a_corrupt_run_marker_is_one_line(data, tmp_path):
+    run = tmp_path / "run"
+    run_ok("clean", data / "train", data / "val", "-o", run, *FAST, "--no-report")
+    (run / ".tvclean" / "run.json").write_text('{"format": 1, "stages": [1]}')
+    cli_fails("filter", run, match=r"corrupt run marker")
+
+
+def test_a_nul_in_a_manifest_path_names_the_row(data, tmp_path):
+    manifest = tmp_path / "train.csv"
+    manifest.write_bytes(b"path,label\n" + os.fsencode(data) + b"/train/digit0/0\x0000.png,a\n")
+    cli_fails("extract", manifest, data / "val", "-o", tmp_path / "run",
+              match=r"train.csv, line 2: the path .* holds a NUL or line-break character")

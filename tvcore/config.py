@@ -200,8 +200,9 @@ class EstimateConfig:
                                          "computed in blocks.")
     use_reviews: bool = option(True, "Use the images a person reviewed (RUN/review.csv, "
                                      "`tvclean review`) as extra validation images, and leave "
-                                     "them out of the Monte-Carlo subset: each round of review "
-                                     "improves the estimates of the images not yet reviewed.")
+                                     "them out of the Monte-Carlo subset (the filter's posterior "
+                                     "rule trusts them too): each round of review improves the "
+                                     "decisions of the images not yet reviewed.")
 
     def validate(self) -> EstimateConfig:
         _check_positive("estimate", self, "episodes", "epochs", "per_class",
