@@ -25,7 +25,7 @@ from tvcore.atomicfile import atomic_save_npy, atomic_write_json
 from tvcore.errors import TvcleanError
 from tvcore.review import ReviewState, decision_margin, open_review, review_queue
 from tvcore.review.queue import BAND
-from tvcore.review.state import MAX_PAGE, margin_text, plain_number
+from tvcore.review.state import MAX_PAGE, label_probability, margin_text, plain_number
 from tvcore.rundir import RunDir, read_training_values
 from tvcore.rundir.ownership import claim
 from tvcore.rundir.review import append_review, read_reviews, review_path
@@ -613,3 +613,11 @@ def test_help_names_the_keys_and_the_file():
     assert result.exit_code == 0
     for words in ("127.0.0.1", "token", "review.csv", "--no-open", "--port", "k keep"):
         assert words in result.output
+
+
+def test_the_posterior_score_is_shown_as_a_probability():
+    assert label_probability(0.0, float("nan")) == "0.50"
+    assert label_probability(-2.0, float("nan")) == "0.12"
+    assert label_probability(800.0, float("nan")) == "1.00"
+    assert label_probability(0.3, 0.1) == ""  # the threshold rule: score ± stderr instead
+    assert label_probability(float("nan"), float("nan")) == ""

@@ -18,7 +18,7 @@ from ..config import Config, FilterConfig
 from ..errors import TvcleanError
 from .estimates import Estimates
 from .featurenorm import FeatureView, fit_center
-from .posterior import OUTLIER, DecisionOptions, label_decisions
+from .posterior import CLEAN, OUTLIER, DecisionOptions, label_decisions
 from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
@@ -242,10 +242,12 @@ def posterior_scored(features: FeatureView, labels: np.ndarray, ok_rows: np.ndar
     decisions = np.full(n, "error", dtype=object)
     suggested = np.full(n, NO_SUGGESTION, np.int64)
     scores[ok_rows], decisions[ok_rows] = made.score, made.decisions
-    # a suggestion where another class is more likely than the given one
+    # a suggestion for every set-aside image of some class, and where another class is more
+    # likely than the given one
     rows = np.arange(ok_rows.size)
     better = (made.suggested >= 0) & (
-        made.class_posterior[rows, np.maximum(made.suggested, 0)] > made.p_label)
+        (made.class_posterior[rows, np.maximum(made.suggested, 0)] > made.p_label)
+        | (made.decisions != CLEAN))
     suggested[ok_rows] = np.where(better, made.suggested, NO_SUGGESTION)
     info = {**made.info, "noise_rate": np.round(made.noise_rate, 4).tolist(),
             "outliers": int((made.decisions == OUTLIER).sum())}

@@ -93,7 +93,7 @@ main#grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(214px
   font-size: 16px; }
 .card { position: relative; background: #fff; border-radius: 8px; padding: 8px 8px 6px;
   border-top: 5px solid #9aa5b1; box-shadow: 0 1px 2px rgba(0,0,0,.12); cursor: pointer; }
-.card.dec-dirty { border-top-color: #d6453d; }
+.card.dec-dirty, .card.dec-outlier { border-top-color: #d6453d; }
 .card.dec-clean { border-top-color: #2e9d52; }
 .card.dec-relabel { border-top-color: #2563c9; }
 .card.dec-error { border-top-color: #7b8794; }
@@ -371,7 +371,8 @@ function placeholder(pic, title, detail) {
   pic.replaceChildren(el("div", { class: "placeholder" }, el("b", { text: title }), detail || ""));
 }
 
-const DECIDED = { clean: "kept", dirty: "discarded", relabel: "relabelled", error: "unreadable" };
+const DECIDED = { clean: "kept", dirty: "discarded", relabel: "relabelled",
+                  outlier: "of no class", error: "unreadable" };
 
 function reviewText(review) {
   if (!review) return "";
@@ -394,7 +395,7 @@ function card(item, index) {
 }
 
 function fillCard(node, item) {
-  node.classList.remove("dec-clean", "dec-dirty", "dec-relabel", "dec-error",
+  node.classList.remove("dec-clean", "dec-dirty", "dec-relabel", "dec-outlier", "dec-error",
                         "rev-clean", "rev-dirty", "rev-relabel", "saving");
   node.classList.add("dec-" + item.decision);
   if (item.review) node.classList.add("rev-" + item.review.decision);
@@ -419,7 +420,11 @@ function fillCard(node, item) {
                     item.suggested ? el("span", { class: "suggested", text: item.suggested })
                                    : el("span", { class: "suggested none", text: "no suggestion" }));
   const nums = el("div", { class: "nums" });
-  if (item.score !== "") {
+  if (item.p_right !== "") {  // the posterior rule: a probability, no standard error
+    const sign = item.score.startsWith("-") ? "neg" : "pos";
+    nums.append("label right: p ", el("span", { class: "score " + sign, text: item.p_right }));
+    nums.title = "log-odds " + item.score;
+  } else if (item.score !== "") {
     const sign = item.score.startsWith("-") ? "neg" : "pos";
     nums.append("score ", el("span", { class: "score " + sign, text: item.score }),
                 " ±\u00a0", el("span", { class: "stderr", text: item.stderr }));
@@ -429,7 +434,7 @@ function fillCard(node, item) {
   const status = el("div", { class: "status" },
     (DECIDED[item.decision] || item.decision) +
     (item.source === "reviewed" ? " (reviewed)" : "") +
-    (item.margin !== "" ? ` · margin ${item.margin} SE` : ""));
+    (item.margin !== "" && item.p_right === "" ? ` · margin ${item.margin} SE` : ""));
   status.title = "the decision in training_values.csv, and how many standard errors its " +
                  "score lies from the threshold (small: uncertain)";
   const name = el("div", { class: "name", title: item.path, text: item.name });
@@ -586,7 +591,8 @@ function enlarge() {
   const caption = $("large-caption");
   caption.replaceChildren(
     el("div", { text: `${item.given} → ${item.suggested || "no suggestion"}` +
-                      (item.score !== "" ? ` · score ${item.score} ± ${item.stderr}` : "") +
+                      (item.p_right !== "" ? ` · label right: p ${item.p_right}`
+                       : item.score !== "" ? ` · score ${item.score} ± ${item.stderr}` : "") +
                       ` · ${DECIDED[item.decision] || item.decision}` +
                       (item.review ? " · you: " + reviewText(item.review) : "") }),
     el("div", { class: "minor", text: item.path }));

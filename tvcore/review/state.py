@@ -29,6 +29,14 @@ VIEWS = ("next", "discarded", "borderline", "class", "suggested", "unreadable", 
 MAX_PAGE = 200  # images per page at most (the page asks for fewer)
 
 
+def label_probability(score: float, stderr: float) -> str:
+    """The posterior rule's score (log-odds, no standard error) as the probability that the
+    given label is right, 2 decimals; "" for the threshold rule's scores or none."""
+    if not math.isnan(stderr) or not math.isfinite(score):
+        return ""
+    return f"{1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0))):.2f}"
+
+
 def plain_number(value: float, digits: int = 3, sign: bool = False) -> str:
     """`value` with `digits` significant digits and no exponent: -0.0123, 0.000456, 12.3.
 
@@ -237,6 +245,7 @@ class ReviewState:
             "decision": t.decision[row], "source": t.decision_source[row],
             "score": plain_number(float(t.score[row]), sign=True),
             "stderr": plain_number(float(t.stderr[row])),
+            "p_right": label_probability(float(t.score[row]), float(t.stderr[row])),
             "value": plain_number(float(t.value[row]), sign=True),
             "margin": margin_text(float(self.margin[row])),
             "rank": int(t.rank[row]),
