@@ -1,22 +1,23 @@
 """Cleaning quality with int8 features against fp32 features, on the quality suite's cases.
 
-    python -m benchmarks precision [--dataset fashion|digits|all] [--noise sym20|sym40|pair30|all]
-                                   [--model efficientnet-lite0] [--int8 efficientnet-lite0-int8]
-                                   [--methods tvclean,...] [--seed 0] [--json OUT.json]
+    python -m benchmarks precision [--cases all|quick|KEY,...] [--model efficientnet-lite0]
+                                   [--int8 efficientnet-lite0-int8] [--methods tvclean,...]
+                                   [--seed 0] [--tolerance 0.005] [--json OUT.json]
 
-Every (data set, noise) case of `python -m benchmarks quality` is run twice with
-the same noisy labels: once on the features of the fp32 model, once on those of
-its int8 version (features of both are extracted once and cached, keyed by each
-model's sha256). Pair noise takes its class pairs from the fp32 features, so
-both runs clean exactly the same corrupted training set. The table shows F1 of
-the discarded set, ROC-AUC and downstream test accuracy for both, and the
-int8 - fp32 differences; the last line says whether every case stays within
---tolerance (the rule for making int8 the default: 0.005 in F1 and accuracy).
+Every case of `python -m benchmarks quality` (benchmarks.cases) is built once on
+the fp32 model's features, then run twice with the same labels and the same
+images: once on those features, once on the int8 model's features of the very
+same images (rows matched by the fp32 features; both models' features are
+extracted once and cached, keyed by each model's sha256). The table shows F1,
+ROC-AUC and downstream test accuracy for both and the int8 - fp32 differences;
+the last line says whether every case stays within --tolerance (the rule for
+making int8 the default: 0.005 in F1 and accuracy).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -26,30 +27,50 @@ from threadpoolctl import threadpool_limits
 from tvcore.errors import TvcleanError
 
 from . import bench_quality as quality
-from .datasets import DATASETS, NOISES, load_features, noisy_labels
+from .cases import QUICK, Case
+from .datasets import DATASETS, load_features
 
 TOLERANCE = 0.005
+SPLITS = ("train", "val", "test")
 
 
-def run_case(dataset: str, noise: str, fp32: str, int8: str, methods: list[str],
-             seed: int = 0) -> list[dict]:
-    """One row per method: its fp32 and int8 metrics on the same noisy labels."""
-    data32, data8 = load_features(dataset, fp32), load_features(dataset, int8)
-    if not (np.array_equal(data32.train_y, data8.train_y)
-            and np.array_equal(data32.test_y, data8.test_y)):
-        raise TvcleanError(f"{dataset}: the cached features of {fp32} and {int8} are of "
-                           f"different images")
-    noisy_y, flipped = noisy_labels(data32, noise, seed)  # pairs from the fp32 features
+def row_index(fp32: str) -> dict[int, tuple[str, str, int]]:
+    """hash of an fp32 feature row -> (data set, split, row) over every data set of the suite
+    (a hash, not the 5 KB row, keeps 70,000 keys small)."""
+    index = {}
+    for dataset in DATASETS:
+        data = load_features(dataset, fp32)
+        for split in SPLITS:
+            for i, row in enumerate(getattr(data, f"{split}_X")):
+                index.setdefault(hash(row.tobytes()), (dataset, split, i))
+    return index
+
+
+def int8_case(case: Case, index: dict, int8: str) -> Case:
+    """The same case on the int8 model's features of the same images."""
+    def swap(X: np.ndarray) -> np.ndarray:
+        rows = []
+        for row in X:
+            dataset, split, i = index[hash(row.tobytes())]
+            rows.append(getattr(load_features(dataset, int8), f"{split}_X")[i])
+        return np.asarray(rows, np.float32)
+    return dataclasses.replace(case, train_X=swap(case.train_X), val_X=swap(case.val_X),
+                               test_X=swap(case.test_X))
+
+
+def run_case(key: str, fp32: str, int8: str, methods: list[str], seed: int, index: dict
+             ) -> list[dict]:
+    """One row per method: its fp32 and int8 metrics on the same labels and images."""
+    case32 = quality.SPECS[key].build(seed)
+    case8 = int8_case(case32, index, int8)
     rows = []
     for name in methods:
         row = {"method": quality.LABELS.get(name, name)}
-        for tag, data in (("fp32", data32), ("int8", data8)):
-            dirty, values = quality.METHODS[name](data.train_X, noisy_y, data.val_X, data.val_y,
-                                                  seed)
-            metrics = quality._row(name, data, flipped, noisy_y, dirty, values, None, seed)
-            row.update({f"{key}_{tag}": metrics[key] for key in ("f1", "roc_auc", "accuracy")})
-        for key in ("f1", "roc_auc", "accuracy"):
-            row[f"{key}_delta"] = row[f"{key}_int8"] - row[f"{key}_fp32"]
+        for tag, case in (("fp32", case32), ("int8", case8)):
+            metrics = quality.make_row(case, name, quality.METHODS[name](case, seed), seed, None)
+            row.update({f"{k}_{tag}": metrics[k] for k in ("f1", "roc_auc", "accuracy")})
+        for k in ("f1", "roc_auc", "accuracy"):
+            row[f"{k}_delta"] = row[f"{k}_int8"] - row[f"{k}_fp32"]
         rows.append(row)
     return rows
 
@@ -68,8 +89,8 @@ def format_rows(rows: list[dict]) -> str:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks precision", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="all", help=f"{', '.join(DATASETS)} or all")
-    parser.add_argument("--noise", default="all", help=f"{', '.join(NOISES)} or all")
+    parser.add_argument("--cases", default="all",
+                        help=f"all, quick or comma-separated: {', '.join(quality.SPECS)}")
     parser.add_argument("--model", default="efficientnet-lite0", help="the fp32 model")
     parser.add_argument("--int8", default="efficientnet-lite0-int8", help="its int8 version")
     parser.add_argument("--methods", default="tvclean",
@@ -78,25 +99,27 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE)
     parser.add_argument("--json", help="also write every case's rows to this JSON file")
     args = parser.parse_args(argv)
+    cases = (list(quality.SPECS) if args.cases == "all" else QUICK if args.cases == "quick"
+             else args.cases.split(","))
+    methods = args.methods.split(",")
     try:
-        datasets = quality._choices(args.dataset, DATASETS, "--dataset")
-        noises = quality._choices(args.noise, NOISES, "--noise")
-        methods = quality._choices(args.methods, quality.METHODS, "--methods")
+        quality._check_known(cases, quality.SPECS, "--cases")
+        quality._check_known(methods, quality.METHODS, "--methods")
     except TvcleanError as exc:
         sys.exit(str(exc))
-    cases, worst, largest = [], 0.0, 0.0
+    index = row_index(args.model)
+    dump, worst, largest = [], 0.0, 0.0
     with threadpool_limits(1, user_api="blas"):
-        for dataset in datasets:
-            for noise in noises:
-                rows = run_case(dataset, noise, args.model, args.int8, methods, args.seed)
-                print(f"\n{dataset} {noise} (seed {args.seed}): {args.model} vs {args.int8}")
-                print(format_rows(rows), flush=True)
-                cases.append({"dataset": dataset, "noise": noise, "seed": args.seed, "rows": rows})
-                deltas = [r[f"{k}_delta"] for r in rows for k in ("f1", "accuracy")]
-                worst, largest = min([worst] + deltas), max([largest] + [abs(d) for d in deltas])
+        for key in cases:
+            rows = run_case(key, args.model, args.int8, methods, args.seed, index)
+            print(f"\n{key} (seed {args.seed}): {args.model} vs {args.int8}")
+            print(format_rows(rows), flush=True)
+            dump.append({"case": key, "seed": args.seed, "rows": rows})
+            deltas = [r[f"{k}_delta"] for r in rows for k in ("f1", "accuracy")]
+            worst, largest = min([worst] + deltas), max([largest] + [abs(d) for d in deltas])
     verdict = "within" if worst >= -args.tolerance else "NOT within"
     print(f"\nover all cases: largest drop in F1 or accuracy {max(0.0, -worst):.3f} ({verdict} "
           f"the tolerance {args.tolerance}); largest change either way {largest:.3f}")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(cases, fh, indent=1)
+            json.dump(dump, fh, indent=1)

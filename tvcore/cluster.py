@@ -132,7 +132,7 @@ def as_cluster(cluster: Any) -> Cluster:
         return cluster
     if type(cluster).__name__ == "Client":
         return Cluster(client=cluster)
-    raise TypeError(f"cluster must be a tvcore.distributed.Cluster or a distributed.Client, "
+    raise TypeError(f"cluster must be a tvcore.cluster.Cluster or a distributed.Client, "
                     f"got {type(cluster).__name__}")
 
 
