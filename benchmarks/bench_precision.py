@@ -48,11 +48,13 @@ def row_index(fp32: str) -> dict[int, tuple[str, str, int]]:
 
 def int8_case(case: Case, index: dict, int8: str) -> Case:
     """The same case on the int8 model's features of the same images."""
+    loaded = {dataset: load_features(dataset, int8) for dataset in DATASETS}
+
     def swap(X: np.ndarray) -> np.ndarray:
         rows = []
         for row in X:
             dataset, split, i = index[hash(row.tobytes())]
-            rows.append(getattr(load_features(dataset, int8), f"{split}_X")[i])
+            rows.append(getattr(loaded[dataset], f"{split}_X")[i])
         return np.asarray(rows, np.float32)
     return dataclasses.replace(case, train_X=swap(case.train_X), val_X=swap(case.val_X),
                                test_X=swap(case.test_X))

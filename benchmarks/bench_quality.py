@@ -89,7 +89,7 @@ _RUNS: dict[tuple, tuple[ValueResult, Config]] = {}
 
 def tvclean_run(case: Case, seed: int, preset: str = "default") -> tuple[ValueResult, Config]:
     """`training_values` of the case with a preset and the case seed (kept for the variants)."""
-    key = (case.name, seed, preset)
+    key = (id(case), case.name, seed, preset)  # id: the same case on other features is another
     if key not in _RUNS:
         _RUNS.clear()  # one case at a time: the runs hold value nets and arrays
         config = Config.preset(preset)
