@@ -157,10 +157,10 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid, folds:
     Returns (model, C, cv_probabilities (m, K)): the probabilities of every
     validation image come from a fold that did not see it.
     """
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
-
-    import warnings
 
     counts = np.bincount(val_y, minlength=n_classes)
     # a class with a single validation image: its fold predicts it from the other classes only
