@@ -358,7 +358,9 @@ def compile_in_background(config: EstimateConfig) -> threading.Thread:
         except Exception:  # the real call reports it
             pass
 
-    thread = threading.Thread(target=warm, name="tvclean-compile", daemon=True)
+    # not a daemon: a process that ends early (an error, Ctrl-C) waits for the compiler
+    # rather than killing it inside LLVM, which aborts ("terminate called ...")
+    thread = threading.Thread(target=warm, name="tvclean-compile")
     thread.start()
     return thread
 
