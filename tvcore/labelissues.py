@@ -171,7 +171,7 @@ def find_label_issues(features: Any, labels: Any, val_features: Any, val_labels:
 
 
 def result_table(result: ValueResult, paths: Sequence[str] | None = None,
-                 abs_paths: Sequence[str] | None = None):
+                 abs_paths: Sequence[str] | None = None) -> Any:
     """The training_values table (tvcore.rundir.tables.TrainingValues) of a result."""
     from .rundir.tables import ISSUE_DECISIONS, training_values_table
 

@@ -9,6 +9,8 @@ dominated by vector lengths).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 CHUNK_ROWS = 512  # rows per pass: the float64 temporaries of a pass stay in cache (8192: 10x slower)
@@ -52,7 +54,7 @@ class FeatureView:
         self.ndim = 2
         self.dtype = np.dtype(np.float32)
 
-    def __getitem__(self, rows) -> np.ndarray:
+    def __getitem__(self, rows: Any) -> np.ndarray:
         return normalize(self.features[rows], self.center)
 
     def __len__(self) -> int:

@@ -13,6 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import numba
 import numpy as np
@@ -37,7 +38,9 @@ class Subset:
     warnings: list[str] = field(default_factory=list)
 
 
-def _pick_per_class(labels, eligible, n_classes, per_class, rng, class_names, split):
+def _pick_per_class(labels: np.ndarray, eligible: np.ndarray, n_classes: int, per_class: int,
+                    rng: np.random.Generator, class_names: Any, split: str
+                    ) -> tuple[np.ndarray, list[str]]:
     rows, short = [], []
     for k in range(n_classes):
         candidates = eligible[labels[eligible] == k]
@@ -50,8 +53,9 @@ def _pick_per_class(labels, eligible, n_classes, per_class, rng, class_names, sp
     return np.concatenate(rows).astype(np.int64), short
 
 
-def select_subset(train_labels, val_labels, n_classes, config: EstimateConfig,
-                  train_eligible=None, val_eligible=None, class_names=None) -> Subset:
+def select_subset(train_labels: Any, val_labels: Any, n_classes: int, config: EstimateConfig,
+                  train_eligible: Any = None, val_eligible: Any = None,
+                  class_names: Any = None) -> Subset:
     """Draw up to S training and V validation examples of every class (seeded).
 
     train_labels (n_train,), val_labels (n_val,) int class indices;
@@ -83,8 +87,8 @@ class MonteCarloProblem:
     validation blocks that each fit the memory budget.
     """
 
-    def __init__(self, sub_feats, sub_labels, val_feats, val_labels, n_classes,
-                 config: EstimateConfig):
+    def __init__(self, sub_feats: Any, sub_labels: Any, val_feats: Any, val_labels: Any,
+                 n_classes: int, config: EstimateConfig):
         self.config = config
         self.dtype = np.dtype(config.dtype)
         self.n_classes = int(n_classes)
@@ -259,7 +263,8 @@ def run_episodes(problem: MonteCarloProblem, first: int, stop: int) -> np.ndarra
     return drops
 
 
-def _each_episode(kernel, shared, per_episode, lr, out, workspace=None) -> None:
+def _each_episode(kernel: Any, shared: Any, per_episode: Any, lr: float, out: Any,
+                  workspace: Any = None) -> None:
     """kernel(*shared, *(a[e] for a in per_episode), lr, out[e][, workspace()]) for every
     episode e.
 
@@ -267,7 +272,7 @@ def _each_episode(kernel, shared, per_episode, lr, out, workspace=None) -> None:
     numba.get_num_threads() threads (see cores.set_numba_threads); each writes only
     its own out[e] (and workspace), so the results do not depend on the number of threads.
     """
-    def run(e):
+    def run(e: int) -> None:
         extra = () if workspace is None else (workspace(),)
         kernel(*shared, *(array[e] for array in per_episode), lr, out[e], *extra)
 
@@ -336,7 +341,7 @@ def check_not_diverged(drops: np.ndarray, orders: np.ndarray, initial_loss: np.n
                                f"to {final:.3g}; lower the learning rate")
 
 
-def _as(array: np.ndarray, dtype) -> np.ndarray:
+def _as(array: np.ndarray, dtype: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
@@ -347,7 +352,7 @@ def compile_in_background(config: EstimateConfig) -> threading.Thread:
     work; the first real kernel call waits for it (it takes numba's compiler
     lock, then finds the kernel compiled). Errors are left to that call to raise.
     """
-    def warm():
+    def warm() -> None:
         try:
             tiny = replace(config, episodes=1, epochs=1, episode_per_class=-1, hidden=2,
                            memory_budget_mb=64, threads=1)
@@ -400,7 +405,7 @@ class ValueAccumulator:
                 "episodes": np.array(self.episodes)}
 
     @classmethod
-    def from_state(cls, state) -> ValueAccumulator:
+    def from_state(cls, state: Any) -> ValueAccumulator:
         acc = cls(state["sums"].size)
         acc.sums, acc.sums_sq = state["sums"].copy(), state["sums_sq"].copy()
         acc.count, acc.episodes = state["count"].copy(), int(state["episodes"])
@@ -408,7 +413,7 @@ class ValueAccumulator:
 
 
 def estimate_values(problem: MonteCarloProblem, acc: ValueAccumulator | None = None,
-                    block: int | None = None, on_block=None) -> ValueAccumulator:
+                    block: int | None = None, on_block: Any = None) -> ValueAccumulator:
     """Run the problem's episodes, continuing from `acc` if given, and return the values.
 
     block: episodes per kernel call (default: config.checkpoint_every);

@@ -52,7 +52,9 @@ doubt, `relabel` (if enabled) when its best other class has at least
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +117,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def top_similar(query, pool: np.ndarray, k: int,
+def top_similar(query: Any, pool: np.ndarray, k: int,
                 self_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar pool rows of every query row, most similar first.
 
@@ -150,8 +152,8 @@ def label_votes(neighbour_labels: np.ndarray, n_classes: int, alpha: float = 1.0
     return (counts + alpha / n_classes) / (k + alpha)
 
 
-def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid, folds: int,
-                seed: int):
+def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequence[float],
+                folds: int, seed: int) -> tuple[Any, float, np.ndarray]:
     """Logistic regression on the validation set, C chosen by cross-validated log-loss.
 
     Returns (model, C, cv_probabilities (m, K)): the probabilities of every
@@ -182,7 +184,7 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid, folds:
     return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
 
 
-def class_probabilities(model, X, n_classes: int) -> np.ndarray:
+def class_probabilities(model: Any, X: Any, n_classes: int) -> np.ndarray:
     """(n, K) probabilities of a fitted classifier (X: an array or a FeatureView)."""
     out = np.full((X.shape[0], n_classes), _EPS)
     for start in range(0, X.shape[0], 8 * _BLOCK):
@@ -203,7 +205,7 @@ def fit_stack(views: list[np.ndarray], labels: np.ndarray, n_classes: int,
     rows = np.arange(m)
     onehot = np.eye(n_classes)[labels]
 
-    def loss(params):
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
         weights, bias = params[:n_views], params[n_views:]
         logp = log_softmax(sum(w * v for w, v in zip(weights, views)) + bias)
         resid = np.exp(logp) - onehot  # gradient of -log p[label] wrt the logits
@@ -306,7 +308,7 @@ def appearance_share(post: np.ndarray, given: np.ndarray, neighbours: np.ndarray
     k = neighbours.shape[1]
     b = ((given[neighbours] == given[:, None]).sum(axis=1) + 1.0 / n_classes) / (k + 1.0)
 
-    def nll(lam):
+    def nll(lam: float) -> float:
         return -(weights * np.log((1 - lam) * a + lam * b)).sum()
 
     lam = float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
@@ -380,7 +382,7 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
     k_ref = np.clip(np.rint(k_val * ratio[val_y]), 1, k_max).astype(int)
     k_v = min(k_val, train_val_sims.shape[1], val_val_sims.shape[1])
 
-    def mean_top(sims, ks):
+    def mean_top(sims: np.ndarray, ks: np.ndarray) -> np.ndarray:
         csum = np.cumsum(sims, axis=1, dtype=np.float64)
         return csum[np.arange(sims.shape[0]), ks - 1] / ks
 
@@ -429,8 +431,9 @@ def aligned_reference(reference: np.ndarray, bulk: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- main entry
 
-def label_decisions(train_features, train_labels, val_features, val_labels, n_classes: int,
-                    train_values=None, val_values=None, value_scale=None, center=None,
+def label_decisions(train_features: Any, train_labels: Any, val_features: Any, val_labels: Any,
+                    n_classes: int, train_values: Any = None, val_values: Any = None,
+                    value_scale: Any = None, center: Any = None,
                     options: DecisionOptions | None = None) -> LabelDecisions:
     """Decide every training image from the training-values and the validation set.
 
@@ -550,14 +553,15 @@ def label_decisions(train_features, train_labels, val_features, val_labels, n_cl
                           noise_rate=1 - np.diag(composition), info=info)
 
 
-def _mean_rows(features) -> np.ndarray:
+def _mean_rows(features: Any) -> np.ndarray:
     total = np.zeros(features.shape[1])
     for start in range(0, features.shape[0], 8 * _BLOCK):
         total += np.asarray(features[start:start + 8 * _BLOCK], np.float64).sum(axis=0)
     return total / max(features.shape[0], 1)
 
 
-def _check_inputs(train_features, given, val_features, val_y, n_classes) -> None:
+def _check_inputs(train_features: Any, given: np.ndarray, val_features: Any, val_y: np.ndarray,
+                  n_classes: int) -> None:
     if train_features.shape[0] != given.size:
         raise TvcleanError(f"{train_features.shape[0]} training feature rows but {given.size} "
                            f"labels")

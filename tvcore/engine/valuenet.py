@@ -143,7 +143,8 @@ def fit_valuenets(per_class: Mapping[int, tuple[np.ndarray, np.ndarray]], config
 
 # ----------------------------------------------------------------------------- model maths
 
-def forward(w1, b1, w2, b2, X, mask=None):
+def forward(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, X: np.ndarray,
+            mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Forward pass. X: (b, D); mask: (b, H) dropout multipliers or None.
 
     Returns pre-activations (b, H), dropped-out hidden activations (b, H), predictions (b,).
@@ -155,7 +156,9 @@ def forward(w1, b1, w2, b2, X, mask=None):
     return pre, hidden, (hidden @ w2)[:, 0] + b2[0]
 
 
-def loss_and_grads(w1, b1, w2, b2, X, targets, loss, mask=None, out=None):
+def loss_and_grads(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+                   X: np.ndarray, targets: np.ndarray, loss: str,
+                   mask: np.ndarray | None = None, out: Any = None) -> tuple[float, Any]:
     """Mean loss over the batch and its gradients (g_w1, g_b1, g_w2, g_b2).
 
     X: (b, D); targets: (b,); loss: "mae" or "mse"; mask: (b, H) or None;
@@ -177,14 +180,16 @@ def loss_and_grads(w1, b1, w2, b2, X, targets, loss, mask=None, out=None):
                           np.matmul(hidden.T, d_pred, out=g_w2), d_pred.sum(0, out=g_b2))
 
 
-def batch_loss(w1, b1, w2, b2, X, targets, loss) -> float:
+def batch_loss(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, X: np.ndarray,
+               targets: np.ndarray, loss: str) -> float:
     """Mean loss without dropout. X: (n, D); targets: (n,)."""
     err = forward(w1, b1, w2, b2, X)[2] - targets
     return float(np.abs(err).mean() if loss == "mae" else (err * err).mean())
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def adam_update(params, grads, m, v, lr, step, beta1, beta2, eps, flush):
+def adam_update(params: np.ndarray, grads: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float,
+                step: int, beta1: float, beta2: float, eps: float, flush: float) -> None:
     """One Keras Adam step in place. params, grads, m, v: (P,); step: 1-based.
 
     Moments below `flush` in magnitude are set to zero (see MOMENT_FLUSH).
@@ -209,7 +214,8 @@ def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.nd
     return rng.uniform(-limit, limit, size=(fan_in, fan_out))
 
 
-def dropout_mask(rng: np.random.Generator, shape: tuple[int, int], rate: float, dtype=DTYPE):
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, int], rate: float,
+                 dtype: Any = DTYPE) -> np.ndarray | None:
     """Inverted dropout: keep with probability 1 - rate, scale kept units by 1 / (1 - rate)."""
     if rate == 0:
         return None
@@ -247,7 +253,8 @@ class _Trainer:
         self.val_loss: list[float] = []
         self.best, self.best_epoch = self.params.copy(), 0
 
-    def run(self, X_train, y_train, X_val, y_val) -> None:
+    def run(self, X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray,
+            y_val: np.ndarray) -> None:
         best, waited = np.inf, 0
         for epoch in range(self.config.max_epochs):
             self.train_loss.append(self._epoch(X_train, y_train))
@@ -263,7 +270,7 @@ class _Trainer:
     def _weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return _views(self.params, self.dim, self.config.hidden)
 
-    def _epoch(self, X, y) -> float:
+    def _epoch(self, X: np.ndarray, y: np.ndarray) -> float:
         order = self.rng.permutation(len(y))
         X, y = X[order], y[order]
         size, total = self.config.batch_size, 0.0
@@ -271,7 +278,7 @@ class _Trainer:
             total += self._batch(X[start:start + size], y[start:start + size]) * len(y[start:start + size])
         return total / len(y)
 
-    def _batch(self, X, y) -> float:
+    def _batch(self, X: np.ndarray, y: np.ndarray) -> float:
         mask = dropout_mask(self.rng, (len(y), self.config.hidden), self.config.dropout)
         value, _ = loss_and_grads(*self._weights(), X, y, self.config.loss, mask,
                        out=_views(self.grads, self.dim, self.config.hidden))
@@ -312,7 +319,7 @@ def _check_finite(a: np.ndarray, name: str, row_offset: int = 0) -> None:
         raise TvcleanError(f"{name} has a non-finite value (NaN or inf) in row {row}")
 
 
-def _check_training_data(X, y, config: ValueNetConfig) -> tuple[np.ndarray, np.ndarray]:
+def _check_training_data(X: Any, y: Any, config: ValueNetConfig) -> tuple[np.ndarray, np.ndarray]:
     X = _check_matrix(X, "X")
     y = np.asarray(y, dtype=np.float64)
     if y.ndim != 1 or len(y) != X.shape[0]:

@@ -167,7 +167,7 @@ def trusted_images(run: RunDir, features: FeatureSet, config: Config) -> Validat
     return Validation(features=np.concatenate(parts), labels=np.concatenate(labels))
 
 
-def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool):
+def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool) -> Any:
     """Where every image goes: clean/, dirty/ or outlier/, under its final class (a relabelled image
     under its new one), at its path below its class folder."""
     roots = [r for r in (features.meta.get("train_root"),) if r]
