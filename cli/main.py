@@ -18,9 +18,11 @@ def cli() -> None:
     features, estimates each training image's value (how much one SGD step on
     it lowers the loss on the validation set) by Monte-Carlo training of a
     small head, and learns per-class regressors of that value. By default an
-    image is discarded when it is confidently harmful: its value plus one
-    standard error is below 0 (images of the Monte-Carlo subset use their own
-    estimate, the others their class's regressor). Start with `tvclean demo`,
+    image is set aside when its given label is more likely wrong than right,
+    judged from its training-value together with what the clean validation set
+    says directly (a classifier of it, similar images' labels, per-class noise
+    rates); images of no class go to RUN/outlier/. `tvclean review RUN` shows
+    the decisions for a person to correct. Start with `tvclean demo`,
     or `tvclean clean TRAIN VAL -o RUN`.
     """
 
