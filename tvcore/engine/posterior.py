@@ -497,6 +497,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # the stack learnt the validation set's class prior: divide it out
     val_prior = np.bincount(val_y, minlength=K) / m
     P = stacked(views_train, params) / np.maximum(val_prior, _EPS)
+    del views_train  # (n, K) each: large for many classes
     P /= P.sum(axis=1, keepdims=True)
 
     # 2. images of no class (before step 3: they should not count in its estimates)
@@ -535,9 +536,9 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     right = (1 - p_out) * p_label
     wrong = p_out + (1 - p_out) * in_other.sum(axis=1)
     score = np.log(np.maximum(right, _TINY)) - np.log(np.maximum(wrong, _TINY))
-    others = posterior.copy()
-    others[rows, given] = -1
-    suggested = others.argmax(axis=1)
+    in_other[rows, given] = -1  # the best other class
+    suggested = in_other.argmax(axis=1)
+    del in_other
     confidence = (1 - p_out) * posterior[rows, suggested]
     decisions = np.full(n, CLEAN, dtype=object)
     flagged = score < options.threshold
