@@ -143,10 +143,13 @@ def test_thumbnails_are_the_extreme_images(report):
                                                               mine[::-1][:THUMBNAILS]]
     assert section(report.html, "thumbnails").count('<figure class="thumb') == \
         2 * THUMBNAILS * len(CLASSES)
-    lowest = float(min((r for r in report.rows if r["given_label"] == "cat"
-                        and not np.isnan(r["score"])),
-                       key=lambda r: float(r["score"]))["score"])
-    assert f'<div class="score">{plain(lowest)} &plusmn; ' in _grid(report.html, 0, "lowest")
+    lowest = min((r for r in report.rows if r["given_label"] == "cat"
+                  and not np.isnan(r["score"])), key=lambda r: float(r["score"]))
+    # the posterior rule's score has no standard error: shown as a probability
+    p_right = 1 / (1 + np.exp(-float(lowest["score"])))
+    assert np.isnan(float(lowest["stderr"]))
+    assert f'<div class="score">label right: p {p_right:.2f}</div>' in \
+        _grid(report.html, 0, "lowest")
 
 
 def test_missing_and_corrupt_images_get_placeholders(report):
@@ -354,3 +357,10 @@ def test_plain_numbers():
     assert plain(0.09734) == "+0.0973" and plain(-0.001234) == "-0.00123"
     assert plain(12.5) == "+12.5" and plain(0.0) == "0" and plain(float("nan")) == "n/a"
     assert plain(0.0157, signed=False) == "0.0157" and plain(3e-7) == "+0.000000300"
+
+
+def test_score_text_of_either_rule():
+    from tvcore.stages.report import _score_text
+
+    assert _score_text(0.0, float("nan")) == "label right: p 0.50"
+    assert _score_text(-0.0123, 0.004) == "-0.0123 &plusmn; 0.00400"

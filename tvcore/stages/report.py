@@ -556,8 +556,11 @@ def borderline_rows(data: ReportData, count: int) -> np.ndarray:
 
 def borderline_section(data: ReportData, config: ReportConfig) -> Section:
     rows = borderline_rows(data, 3 * config.thumbnails)
-    body = (f"<p>The {rows.size} images whose decision is least certain: nearest the threshold "
-            f"({_e(plain(data.threshold))}) for their standard error. These are the ones worth a "
+    nearest = ("nearest even odds that their label is right"
+               if data.method == "posterior" and data.threshold == 0 else f"nearest the threshold ({_e(plain(data.threshold))}) for their standard "
+                    f"error")
+    body = (f"<p>The {rows.size} images whose decision is least certain: {nearest}. "
+            f"These are the ones worth a "
             f"person's look: <code>tvclean review {_e(str(data.run.root))}</code> shows them "
             f"first, and every image you confirm or correct there becomes a validation image "
             f"for the next <code>tvclean estimate</code>.</p>"
@@ -596,7 +599,7 @@ def thumbnail_section(data: ReportData, config: ReportConfig) -> Section:
                       + _grid(data, low, label, "lowest", "Most negative")
                       + _grid(data, high, label, "highest", "Most positive") + "</div>")
     body = (f"<p>The {config.thumbnails} lowest- and highest-valued images of each class "
-            f"(by decision score &plusmn; its standard error), with the given label and, after "
+            f"by decision score, with the given label and, after "
             f"the arrow, the suggested (or reviewed) one. A red frame marks a discarded image, "
             f"an orange one a relabelled image; hover for the full path.</p>"
             + "".join(blocks))
@@ -620,9 +623,16 @@ def _thumbnail(data: ReportData, row: int) -> str:
     reviewed = " reviewed" if table.decision_source[row] == "reviewed" else ""
     return (f'<figure class="thumb {decision}{reviewed}" title="{_e(path)}">{picture}'
             f'<figcaption><div class="labels">{labels}</div>'
-            f'<div class="score">{plain(data.values[row])} &plusmn; '
-            f'{plain(table.stderr[row], signed=False)}</div>'
+            f'<div class="score">{_score_text(data.values[row], table.stderr[row])}</div>'
             f"<span>{_e(Path(path).name)}</span></figcaption></figure>")
+
+
+def _score_text(score: float, stderr: float) -> str:
+    """score ± stderr; the posterior rule's log-odds (no stderr) as the probability that the
+    given label is right."""
+    if np.isnan(stderr) and np.isfinite(score):
+        return f"label right: p {1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0))):.2f}"
+    return f"{plain(score)} &plusmn; {plain(stderr, signed=False)}"
 
 
 def plain(value: float, digits: int = 3, signed: bool = True) -> str:
