@@ -214,3 +214,26 @@ def test_posterior_relabel_moves_images_into_their_new_class(estimated_run):
     for i in relabelled:
         placed = list((estimated_run.root / "clean").rglob(Path(rows.loc[i, "path"]).name))
         assert [p.parent.name for p in placed] == [rows.loc[i, "suggested_label"]]
+
+
+def test_images_of_no_class_go_to_the_outlier_folder(tmp_path):
+    rng = np.random.default_rng(4)
+    train, labels, _ = clustered_features(rng, 60, 3, 16, noise=0.5)
+    val, val_labels, _ = clustered_features(np.random.default_rng(4), 15, 3, 16, noise=0.5)
+    # 20 images of a fourth kind, no class of the label set, given in-set labels
+    foreign, _, _ = clustered_features(np.random.default_rng(99), 20, 1, 16, noise=0.5)
+    train = np.concatenate([train, foreign + 3.0])
+    labels = np.concatenate([labels, np.arange(20) % 3])
+    run = make_feature_run(tmp_path / "run", train, labels, val, val_labels,
+                           ["ant", "bee", "cat"], data_root=tmp_path / "data")
+    estimate(run, Config(estimate=EstimateConfig(episodes=20)), progress=False)
+    result = filter_run(run, Config(valuenet=ValueNetConfig(min_examples=10, max_epochs=30)),
+                        progress=False)
+    decisions = np.array(result.decisions)
+    assert np.mean(decisions[180:] == "outlier") > 0.8
+    assert np.mean(decisions[:180] == "outlier") < 0.05
+    placed = list((run.root / "outlier").rglob("*.png"))
+    assert len(placed) == result.counts["outlier"]
+    frame = load_training_values(run)
+    assert frame.loc[frame["decision"] == "outlier", "is_label_issue"].all()
+    assert (frame.loc[frame["decision"] == "outlier", "suggested_label"].fillna("") == "").all()
