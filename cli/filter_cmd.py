@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from tvcore.engine.decisions import SET_ASIDE
 from tvcore.stages.filter import FilterResult, filter_run
 
 from .common import echo_json, info, user_errors
@@ -22,8 +23,8 @@ def print_filter_summary(result: FilterResult) -> None:
     click.echo(f"{counts['clean']} clean, {counts['dirty']} discarded{extra}, "
                f"{counts['error']} unreadable")
     for name, row in result.per_class.items():
-        aside = row["dirty"] + row.get("outlier", 0)
-        total = row["clean"] + aside + row.get("relabel", 0)
+        aside = sum(row[d] for d in SET_ASIDE)
+        total = row["clean"] + aside + row["relabel"]
         share = aside / total if total else 0.0
         click.echo(f"  {name:20s} {row['clean']:7d} clean {aside:7d} set aside "
                    f"({share:6.1%})")

@@ -77,7 +77,8 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     view = FeatureView(train.features, center)
     nets = fit_class_valuenets(view, est, inputs.class_names, config, warnings)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
-                                config.filter, _trusted(inputs, extra), config.valuenet.seed)
+                                config.filter, Validation.of(inputs.val, train.features, extra),
+                                config.valuenet.seed)
     for row, label in reviewed.items():
         given = int(train.labels[row])
         scored.decisions[row] = "dirty" if label is None else (
@@ -87,17 +88,6 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     return ValueResult(values=scored.values, scores=scored.scores, dirty=scored.dirty, mc=est,
                        nets=nets, scored=scored, inputs=inputs, warnings=warnings,
                        reviewed=reviewed)
-
-
-def _trusted(inputs: ValuationInputs, extra: tuple[np.ndarray, np.ndarray] | None
-             ) -> Validation:
-    """The validation images and the training images a person says are labeled correctly."""
-    val, rows = inputs.val, inputs.val.ok_rows
-    parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
-    if extra is not None and extra[0].size:
-        parts.append(np.asarray(inputs.train.features[extra[0]]))
-        labels.append(extra[1])
-    return Validation(features=np.concatenate(parts), labels=np.concatenate(labels))
 
 
 def _review_rows(reviewed: dict[int, int | None], inputs: ValuationInputs

@@ -23,6 +23,7 @@ from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
 NO_SUGGESTION = -1
+SET_ASIDE = ("dirty", "outlier")  # not kept (a relabelled image is kept, under its new class)
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Scored:
     @property
     def dirty(self) -> np.ndarray:
         """Set aside: discarded or of no class (relabelled images are kept)."""
-        return np.isin(self.decisions, ("dirty", "outlier"))
+        return np.isin(self.decisions, SET_ASIDE)
 
 
 def fit_class_valuenets(features: Any, est: Estimates, class_names: list[str],
@@ -168,6 +169,18 @@ class Validation:
 
     features: np.ndarray  # (m, D) as extracted (not normalised)
     labels: np.ndarray  # (m,) int64
+
+    @classmethod
+    def of(cls, val: Any, train_features: Any,
+           reviewed: tuple[np.ndarray, np.ndarray] | None = None) -> Validation:
+        """The usable rows of a validation split (features, labels, ok_rows) and the training
+        images a person says are labeled correctly: reviewed = (rows, their labels)."""
+        rows = val.ok_rows
+        parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
+        if reviewed is not None and reviewed[0].size:
+            parts.append(np.asarray(train_features[reviewed[0]]))
+            labels.append(reviewed[1])
+        return cls(features=np.concatenate(parts), labels=np.concatenate(labels))
 
 
 def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,

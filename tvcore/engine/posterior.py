@@ -52,6 +52,7 @@ doubt, `relabel` (if enabled) when its best other class has at least
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +111,11 @@ class LabelDecisions:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def probability_right(score: float) -> float:
+    """The probability that a given label is right, from its score (the log-odds)."""
+    return 1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0)))
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     peak = logits.max(axis=1, keepdims=True)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..atomicfile import read_json
+from ..engine.decisions import SET_ASIDE
+from ..engine.posterior import probability_right
 from ..errors import TvcleanError
 from ..rundir import RunDir, TrainingValues, load_features, read_training_values
 from ..rundir.ownership import marker_path
@@ -34,7 +36,7 @@ def label_probability(score: float, stderr: float) -> str:
     given label is right, 2 decimals; "" for the threshold rule's scores or none."""
     if not math.isnan(stderr) or not math.isfinite(score):
         return ""
-    return f"{1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0))):.2f}"
+    return f"{probability_right(score):.2f}"
 
 
 def plain_number(value: float, digits: int = 3, sign: bool = False) -> str:
@@ -154,7 +156,7 @@ class ReviewState:
         borderline = np.lexsort((np.arange(len(t)), margin))
         return {
             "next": review_queue(t, (), self.threshold),
-            "discarded": by_rank[np.isin(decision[by_rank], ("dirty", "outlier"))],
+            "discarded": by_rank[np.isin(decision[by_rank], SET_ASIDE)],
             "borderline": borderline[decision[borderline] != "error"].astype(np.int64),
             "unreadable": np.flatnonzero(decision == "error").astype(np.int64),
             "all": by_rank, "readable": by_rank[readable],

@@ -156,15 +156,8 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
 def trusted_images(run: RunDir, features: FeatureSet, config: Config) -> Validation:
     """What the posterior rule may trust: the readable validation images and, with
     estimate.use_reviews, the training images a person kept or relabelled (RUN/review.csv)."""
-    val = features.val
-    rows = val.ok_rows
-    parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
-    if config.estimate.use_reviews:
-        _, correct = reviewed_rows(run, features)
-        if correct is not None and correct[0].size:
-            parts.append(np.asarray(features.train.features[correct[0]]))
-            labels.append(correct[1])
-    return Validation(features=np.concatenate(parts), labels=np.concatenate(labels))
+    reviewed = reviewed_rows(run, features)[1] if config.estimate.use_reviews else None
+    return Validation.of(features.val, features.train.features, reviewed)
 
 
 def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool) -> Any:

@@ -27,6 +27,7 @@ from .. import __version__
 from ..atomicfile import atomic_write_bytes, atomic_write_text, read_json
 from ..config import Config, ReportConfig
 from ..engine.estimates import Estimates
+from ..engine.posterior import probability_right
 from ..errors import TvcleanError
 from ..io.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_or_l
 from ..progress import Progress
@@ -631,7 +632,7 @@ def _score_text(score: float, stderr: float) -> str:
     """score ± stderr; the posterior rule's log-odds (no stderr) as the probability that the
     given label is right."""
     if np.isnan(stderr) and np.isfinite(score):
-        return f"label right: p {1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0))):.2f}"
+        return f"label right: p {probability_right(score):.2f}"
     return f"{plain(score)} &plusmn; {plain(stderr, signed=False)}"
 
 
