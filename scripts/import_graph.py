@@ -1,11 +1,13 @@
-"""Count the project's modules, import arrows between them, and import circles.
+"""The project's import graph, read from the source with `ast`: modules, arrows, circles.
 
     python scripts/import_graph.py [ROOT]
 
 ROOT: a checkout (default: this one). Modules are the .py files of tvcore/ and
-cli/ (cli is installed as `tvclean`); an arrow is an import of one of them by
-another (a package's own submodules count, not the package); circles are the
-strongly connected groups of more than one module.
+cli/ (installed as `tvclean`); an arrow is an import of one of them by another
+(a name resolves to the nearest module it lies in; the top-level package
+`tvcore` itself, imported for __version__, is left out); circles are the
+strongly connected groups of more than one module. tests/test_layering.py
+checks the layering with the same functions.
 """
 
 from __future__ import annotations
@@ -14,55 +16,57 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGES = ("tvcore", "cli")
+TOP = "tvcore"  # the top-level package: `from .. import __version__`, not a dependency
 
 
 def modules(root: Path) -> dict[str, Path]:
+    """Module name -> its file, for tvcore/ and cli/ (as `tvclean`) below root."""
     found = {}
-    for package in PACKAGES:
-        for file in (root / package).rglob("*.py"):
-            parts = list(file.relative_to(root).with_suffix("").parts)
+    for package, folder in (("tvcore", root / "tvcore"), ("tvclean", root / "cli")):
+        for path in folder.rglob("*.py"):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
             if parts[-1] == "__init__":
-                parts = parts[:-1]
-            found[".".join(parts)] = file
+                parts.pop()
+            found[".".join(parts)] = path
     return found
 
 
-def _canonical(name: str) -> str:
-    return "cli" + name[len("tvclean"):] if name.startswith("tvclean") else name
+def imports(module: str, path: Path) -> set[str]:
+    """Absolute names of everything the module imports (module-level or inside functions)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names.add(target)
+            names.update(f"{target}.{alias.name}" for alias in node.names)
+    return names
 
 
-def _targets(module: str, file: Path, node: ast.AST, known: dict[str, Path]) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [_canonical(a.name) for a in node.names]
-    if not isinstance(node, ast.ImportFrom):
-        return []
-    if node.level:
-        base = module.split(".")
-        if file.name != "__init__.py":
-            base = base[:-1]
-        base = base[:len(base) - node.level + 1]
-        name = ".".join(base + ([node.module] if node.module else []))
-    else:
-        name = _canonical(node.module or "")
-    subs = [f"{name}.{a.name}" for a in node.names if f"{name}.{a.name}" in known]
-    return subs or [name]
-
-
-def arrows(known: dict[str, Path]) -> set[tuple[str, str]]:
+def project_imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The project modules `module` imports (each name resolved to the nearest module)."""
     found = set()
-    for module, file in known.items():
-        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-            found.update((module, t) for t in _targets(module, file, node, known)
-                         if t in known and t != module)
+    for name in imports(module, path):
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        if name and name != module and not module.startswith(name + "."):
+            found.add(name)
     return found
 
 
-def circles(known: dict[str, Path], edges: set[tuple[str, str]]) -> list[list[str]]:
+def graph(known: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports, the top-level package left out."""
+    return {m: project_imports(m, p, known) - {TOP} for m, p in known.items()}
+
+
+def circles(edges: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected groups of more than one module (Tarjan)."""
-    graph: dict[str, list[str]] = {m: [] for m in known}
-    for a, b in edges:
-        graph[a].append(b)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -71,7 +75,7 @@ def circles(known: dict[str, Path], edges: set[tuple[str, str]]) -> list[list[st
     def visit(v: str) -> None:
         index[v] = low[v] = len(index)
         stack.append(v)
-        for w in graph[v]:
+        for w in edges[v]:
             if w not in index:
                 visit(w)
                 low[v] = min(low[v], low[w])
@@ -88,7 +92,7 @@ def circles(known: dict[str, Path], edges: set[tuple[str, str]]) -> list[list[st
                 groups.append(sorted(group))
 
     sys.setrecursionlimit(10_000)
-    for v in known:
+    for v in edges:
         if v not in index:
             visit(v)
     return groups
@@ -97,11 +101,11 @@ def circles(known: dict[str, Path], edges: set[tuple[str, str]]) -> list[list[st
 def main(argv: list[str]) -> None:
     root = Path(argv[0] if argv else Path(__file__).resolve().parents[1])
     known = modules(root)
-    edges = arrows(known)
+    edges = graph(known)
     lines = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in known.values())
-    found = circles(known, edges)
-    print(f"{len(known)} modules, {len(edges)} import arrows, {len(found)} circles "
-          f"{found if found else ''}, {lines} lines")
+    found = circles(edges)
+    print(f"{len(known)} modules, {sum(map(len, edges.values()))} import arrows, "
+          f"{len(found)} circles {found if found else ''}, {lines} lines")
 
 
 if __name__ == "__main__":
