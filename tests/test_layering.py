@@ -98,3 +98,25 @@ def test_importing_the_library_changes_no_global_state():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "same", done.stderr[-2000:]
+
+
+def test_the_lazy_command_map_names_every_command_of_every_module():
+    """cli/main.py imports a command's module on first use, so its name -> module map must
+    list each module's commands exactly (a new command left out would be missing)."""
+    import importlib
+
+    from tvclean.main import COMMAND_MODULES
+    found = {}
+    for path in sorted((ROOT / "cli").glob("*_cmd.py")):
+        module = importlib.import_module(f"tvclean.{path.stem}")
+        found.update({command.name: path.stem for command in module.COMMANDS})
+    assert found == COMMAND_MODULES
+
+
+def test_running_one_command_imports_only_its_module():
+    import subprocess
+    code = ("import sys; from tvclean.main import cli; cli.get_command(None, 'estimate'); "
+            "print(sorted(m for m in sys.modules if m.endswith('_cmd')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "['tvclean.estimate_cmd']"
