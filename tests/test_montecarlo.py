@@ -222,3 +222,39 @@ def test_episode_sizes_balanced_all_and_fixed():
         assert len(set(streams.orders[0, 0].tolist())) == problem.episode_length
         assert counts.tolist() == {0: [20, 20, 20], -1: [40, 30, 20], 25: [25, 25, 20]}[per_class]
     assert sizes == {0: 60, -1: 90, 25: 70}
+
+
+_COLD_COMPILE = """
+from tvcore.engine import kernel_warmup, montecarlo, mc_kernels as mk
+from tvcore.config import EstimateConfig
+assert kernel_warmup.cache_is_cold()
+montecarlo.compile_in_background(EstimateConfig()).join()
+assert not kernel_warmup.cache_is_cold()
+callees = ["_rank1_loss_drop", "_block_products", "_add_rows", "_softmax_grad",
+           "_init_softmax_state", "linear_episode_deltas"]
+import json
+print(json.dumps([{name: len(getattr(mk, name).signatures) for name in callees},
+                  sum(mk._rank1_loss_drop.stats.cache_hits.values())]))
+"""
+
+
+def test_an_empty_cache_is_compiled_on_two_cores_with_the_kernels_own_types(tmp_path):
+    """The helper process's compilation of the loss side is found in the cache (a hit), and
+    the training side's warm-up types are the kernel's: every callee has one signature."""
+    import json
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    signatures, hits = json.loads(subprocess.run(
+        [sys.executable, "-c", _COLD_COMPILE], env=env, capture_output=True, text=True,
+        check=True).stdout)
+    assert set(signatures.values()) == {1}, signatures
+    assert hits == 1  # _rank1_loss_drop loaded from the helper's cache entry
+
+
+def test_no_helper_process_on_a_warm_cache():
+    from tvcore.config import EstimateConfig
+    from tvcore.engine import kernel_warmup, montecarlo
+    montecarlo.compile_in_background(EstimateConfig()).join()
+    assert kernel_warmup.start_loss_side_helper("float32") is None

@@ -105,9 +105,12 @@ def _softmax_grad(logits, label, lr, step):
         peak = max(peak, logits[k])
     total = 0.0
     for k in range(logits.shape[0]):
-        total += math.exp(logits[k] - peak)
+        # one exp per class (libm, scalar), parked in step: it has the logits' dtype, as
+        # the exp has, so the value is kept exactly
+        step[k] = math.exp(logits[k] - peak)
+        total += step[k]
     for k in range(logits.shape[0]):
-        grad = math.exp(logits[k] - peak) / total - (1.0 if k == label else 0.0)
+        grad = step[k] / total - (1.0 if k == label else 0.0)
         step[k] = -lr * grad
 
 

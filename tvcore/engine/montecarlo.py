@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from ..config import EstimateConfig
 from ..errors import TvcleanError
-from . import mc_kernels
+from . import kernel_warmup, mc_kernels
 
 # Independent random streams, derived from the user's seed.
 _SUBSET_STREAM = 1
@@ -350,10 +350,17 @@ def compile_in_background(config: EstimateConfig) -> threading.Thread:
 
     Started before the features are loaded, the compilation overlaps that
     work; the first real kernel call waits for it (it takes numba's compiler
-    lock, then finds the kernel compiled). Errors are left to that call to raise.
+    lock, then finds the kernel compiled). On an empty cache the linear head is compiled on
+    two cores (see kernel_warmup). Errors are left to that call to raise.
     """
     def warm() -> None:
         try:
+            helper = None
+            if config.head == "linear":  # on an empty cache, compile on two cores
+                helper = kernel_warmup.start_loss_side_helper(config.dtype)
+            if helper is not None:
+                kernel_warmup.warm_training_side(config.dtype)
+                kernel_warmup.wait_for(helper)
             tiny = replace(config, episodes=1, epochs=1, episode_per_class=-1, hidden=2,
                            memory_budget_mb=64, threads=1)
             rng = np.random.default_rng(0)
