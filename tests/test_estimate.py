@@ -160,3 +160,19 @@ def test_cli_config_file_is_overridden_by_options(feature_run, tmp_path):
     config.write_text("[estimate]\nepisode = 2\n")
     bad = runner.invoke(cli, ["estimate", str(feature_run.root), "--config", str(config)])
     assert bad.exit_code == 1 and "unknown option estimate.episode" in bad.output
+
+
+@pytest.mark.parametrize("cold", [True, False])
+def test_the_progress_bar_says_when_the_first_run_compiles(feature_run, monkeypatch, capsys,
+                                                          cold):
+    from tvcore.engine import kernel_warmup
+    monkeypatch.setattr(kernel_warmup, "cache_is_cold", lambda: cold)
+    monkeypatch.setattr(kernel_warmup, "start_loss_side_helper", lambda dtype: None)
+    config = EstimateConfig(episodes=4, per_class=20, val_per_class=5, lr=0.01, checkpoint_every=2)
+    estimate(feature_run, Config(estimate=config), progress=True)
+    drawn = capsys.readouterr().err.split("\r")
+    assert ("compiling the kernels for this machine" in drawn[1]) == cold
+    assert "compiling" not in drawn[-1]  # gone once the first block of episodes is done
+    assert "4/4" in drawn[-1]
+    # each redraw covers what the one before showed (a shorter label leaves nothing behind)
+    assert all(len(now) >= len(before.rstrip()) for before, now in zip(drawn[1:], drawn[2:]))

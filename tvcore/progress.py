@@ -24,6 +24,7 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self._start = time.perf_counter()
         self._last_draw = 0.0
+        self._drawn = 0  # characters of the last line drawn
 
     def __enter__(self) -> Progress:
         self._draw(force=True)
@@ -52,8 +53,9 @@ class Progress:
         bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         elapsed = now - self._start
         eta = elapsed / frac - elapsed if 0 < frac < 1 else 0.0
-        self.stream.write(
-            f"\r{self.label} [{bar}] {self.done}/{self.total} "
-            f"{elapsed:6.1f}s elapsed, {eta:6.1f}s left"
-        )
+        line = (f"{self.label} [{bar}] {self.done}/{self.total} "
+                f"{elapsed:6.1f}s elapsed, {eta:6.1f}s left")
+        # padded to the last line's length: a shorter label leaves no old characters behind
+        self.stream.write(f"\r{line.ljust(self._drawn)}")
+        self._drawn = len(line)
         self.stream.flush()

@@ -20,7 +20,7 @@ import numpy as np
 from ..atomicfile import atomic_save_npz, load_npz
 from ..config import Config, EstimateConfig
 from ..cores import set_numba_threads
-from ..engine import montecarlo
+from ..engine import kernel_warmup, montecarlo
 from ..engine.estimates import Estimates
 from ..engine.problem import from_feature_set, monte_carlo_problem
 from ..errors import TvcleanError
@@ -130,6 +130,7 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
     config = full.estimate
     started = time.perf_counter()
     threads = set_numba_threads(config.threads)
+    compiling = cluster is None and config.head == "linear" and kernel_warmup.cache_is_cold()
     if cluster is None:  # compile while the features load (the workers compile their own)
         montecarlo.compile_in_background(config)
     features = load_features(run)
@@ -145,11 +146,15 @@ def _estimate(run: RunDir, full: Config, progress: bool | None, cluster: Any) ->
     resumed_from = acc.episodes if acc else 0
     for warning in subset.warnings:
         run.log(f"estimate: warning: {warning}")
-    with Progress(config.episodes, "estimate: episodes", enabled=progress) as bar:
+    label = "estimate: episodes"
+    # the first run on a machine waits seconds for numba before the first episode ends
+    with Progress(config.episodes, label + (" (compiling the kernels for this machine, once)"
+                                            if compiling else ""), enabled=progress) as bar:
         bar.update(resumed_from)
 
         def on_block(acc: montecarlo.ValueAccumulator) -> None:
             checkpoint.save(acc)
+            bar.label = label
             bar.update(acc.episodes - bar.done)
 
         if cluster is None:
