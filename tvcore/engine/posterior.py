@@ -117,6 +117,14 @@ def probability_right(score: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(min(score, 700.0), -700.0)))
 
 
+def label_probability(score: float, stderr: float) -> str:
+    """The posterior rule's score (log-odds, no standard error) as the probability that the
+    given label is right, 2 decimals; "" for the threshold rule's scores or none."""
+    if not math.isnan(stderr) or not math.isfinite(score):
+        return ""
+    return f"{probability_right(score):.2f}"
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     peak = logits.max(axis=1, keepdims=True)
     shifted = logits - peak

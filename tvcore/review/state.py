@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomicfile import read_json
 from ..engine.decisions import SET_ASIDE
-from ..engine.posterior import probability_right
+from ..engine.posterior import label_probability
 from ..errors import TvcleanError
 from ..rundir import RunDir, TrainingValues, load_features, read_training_values
 from ..rundir.ownership import marker_path
@@ -29,14 +29,6 @@ from .queue import decision_margin, review_queue
 
 VIEWS = ("next", "discarded", "borderline", "class", "suggested", "unreadable", "reviewed", "all")
 MAX_PAGE = 200  # images per page at most (the page asks for fewer)
-
-
-def label_probability(score: float, stderr: float) -> str:
-    """The posterior rule's score (log-odds, no standard error) as the probability that the
-    given label is right, 2 decimals; "" for the threshold rule's scores or none."""
-    if not math.isnan(stderr) or not math.isfinite(score):
-        return ""
-    return f"{probability_right(score):.2f}"
 
 
 def plain_number(value: float, digits: int = 3, sign: bool = False) -> str:

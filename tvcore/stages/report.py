@@ -27,7 +27,7 @@ from .. import __version__
 from ..atomicfile import atomic_write_bytes, atomic_write_text, read_json
 from ..config import Config, ReportConfig
 from ..engine.estimates import Estimates
-from ..engine.posterior import probability_right
+from ..engine.posterior import label_probability
 from ..errors import TvcleanError
 from ..io.images import DEFAULT_MAX_PIXELS, open_image, to_rgb_or_l
 from ..progress import Progress
@@ -558,11 +558,10 @@ def borderline_rows(data: ReportData, count: int) -> np.ndarray:
 def borderline_section(data: ReportData, config: ReportConfig) -> Section:
     rows = borderline_rows(data, 3 * config.thumbnails)
     nearest = ("nearest even odds that their label is right"
-               if data.method == "posterior" and data.threshold == 0 else f"nearest the threshold ({_e(plain(data.threshold))}) for their standard "
-                    f"error")
+               if data.method == "posterior" and data.threshold == 0
+               else f"nearest the threshold ({_e(plain(data.threshold))}) for their standard error")
     body = (f"<p>The {rows.size} images whose decision is least certain: {nearest}. "
-            f"These are the ones worth a "
-            f"person's look: <code>tvclean review {_e(str(data.run.root))}</code> shows them "
+            f"These are the ones worth a person's look: <code>tvclean review {_e(str(data.run.root))}</code> shows them "
             f"first, and every image you confirm or correct there becomes a validation image "
             f"for the next <code>tvclean estimate</code>.</p>"
             + _grid(data, rows, -1, "borderline", "Most uncertain first"))
@@ -631,8 +630,9 @@ def _thumbnail(data: ReportData, row: int) -> str:
 def _score_text(score: float, stderr: float) -> str:
     """score ± stderr; the posterior rule's log-odds (no stderr) as the probability that the
     given label is right."""
-    if np.isnan(stderr) and np.isfinite(score):
-        return f"label right: p {probability_right(score):.2f}"
+    probability = label_probability(score, stderr)
+    if probability:
+        return f"label right: p {probability}"
     return f"{plain(score)} &plusmn; {plain(stderr, signed=False)}"
 
 
