@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tvcore.engine import posterior
 from tvcore.engine.posterior import (
     DecisionOptions,
     appearance_share,
@@ -16,6 +17,7 @@ from tvcore.engine.posterior import (
     label_votes,
     prior_shift,
     top_similar,
+    top_similar_many,
 )
 from tvcore.errors import TvcleanError
 
@@ -44,6 +46,38 @@ def test_top_similar_equals_a_full_sort(q, p, k, with_self):
     assert (np.diff(sim, axis=1) <= 1e-7).all()  # most similar first
     if with_self:
         assert not (idx == np.arange(q)[:, None]).any()
+
+
+def test_the_neighbour_kernel_breaks_ties_by_pool_order_and_keeps_the_asked_columns(monkeypatch):
+    # duplicated pool rows tie exactly: the lower pool index ranks first; small blocks of
+    # query rows (the memory bound) give the same result as one block
+    rng = np.random.default_rng(3)
+    base = _unit(rng.normal(size=(60, 5))).astype(np.float32)
+    pool = np.concatenate([base, base, base[:20]])
+    query = _unit(rng.normal(size=(333, 5))).astype(np.float32)
+    self_rows = rng.integers(-1, pool.shape[0], query.shape[0])
+    monkeypatch.setattr(posterior, "_BLOCK_BYTES", 4 * pool.shape[0] * 7)  # 7 rows a block
+    idx, sim = top_similar(query, pool, 25, self_rows, keep_index=9)
+    full = query.astype(np.float64) @ pool.T.astype(np.float64)
+    full[np.arange(query.shape[0])[self_rows >= 0], self_rows[self_rows >= 0]] = -np.inf
+    # a stable sort of the float32 similarities: equal values keep the pool order
+    expected = np.argsort(-(query @ pool.T).astype(np.float64) + np.where(np.isinf(full), np.inf, 0),
+                          axis=1, kind="stable")
+    assert idx.shape == (333, 9) and sim.shape == (333, 25) and idx.dtype == np.int32
+    np.testing.assert_array_equal(idx, expected[:, :9])
+    np.testing.assert_allclose(sim, np.take_along_axis(full, expected[:, :25], 1), atol=1e-6)
+
+
+def test_one_pass_over_the_query_equals_separate_searches():
+    rng = np.random.default_rng(4)
+    query = _unit(rng.normal(size=(50, 6))).astype(np.float32)
+    pools = [_unit(rng.normal(size=(p, 6))).astype(np.float32) for p in (30, 12)]
+    together = top_similar_many(query, [(pools[0], 8, None, 3), (pools[1], 4, None, 0)])
+    for (idx, sim), (pool, k, keep) in zip(together, [(pools[0], 8, 3), (pools[1], 4, 0)]):
+        alone_idx, alone_sim = top_similar(query, pool, k, keep_index=keep)
+        np.testing.assert_array_equal(idx, alone_idx)
+        np.testing.assert_array_equal(sim, alone_sim)
+    assert together[1][0].shape == (50, 0)
 
 
 def test_label_votes_are_smoothed_shares():

@@ -24,6 +24,7 @@ from tvcore.engine.valuenet import (
     load_valuenets,
     loss_and_grads,
     min_examples_needed,
+    predict_many,
     save_valuenets,
 )
 from tvcore.errors import TvcleanError
@@ -288,6 +289,28 @@ def test_predict_in_batches_equals_predict_at_once(tmp_path):
     naive = net.target_scale * naive_predictions(net.w1, net.b1, net.w2, net.b2, X[:5])
     np.testing.assert_allclose(whole[:5], naive, rtol=1e-5)
     assert net.predict(X[:0]).shape == (0,)
+
+
+def test_many_nets_at_once_equal_each_net_on_its_own():
+    rng = np.random.default_rng(16)
+    X, y = nonlinear_task(rng, 200, dim=12)
+    nets = [fit_valuenet(X, y * (k + 1), ValueNetConfig(max_epochs=3), seed=k) for k in range(4)]
+    alone = np.column_stack([net.predict(X) for net in nets])
+    atol = 1e-5 * np.abs(alone).max()
+    # small chunks of rows (the memory bound) and one chunk give the same values
+    for batch_bytes in (4 * 400 * 9, 2**26):
+        together = predict_many(nets, X, batch_bytes=batch_bytes)
+        assert together.shape == (200, 4) and together.dtype == np.float64
+        np.testing.assert_allclose(together, alone, rtol=1e-5, atol=atol)
+    naive = [net.target_scale * naive_predictions(net.w1, net.b1, net.w2, net.b2, X[:5])
+             for net in nets]
+    np.testing.assert_allclose(predict_many(nets, X[:5]), np.column_stack(naive), rtol=1e-5)
+    bad = X.copy()
+    bad[150, 3] = np.nan
+    with pytest.raises(TvcleanError, match="row 150"):
+        predict_many(nets, bad, batch_bytes=4 * 400 * 9)
+    with pytest.raises(TvcleanError, match="12"):
+        predict_many(nets, X[:, :5])
 
 
 # ----------------------------------------------------------------------------- files

@@ -19,7 +19,7 @@ from ..errors import TvcleanError
 from .estimates import Estimates
 from .featurenorm import FeatureView, fit_center
 from .posterior import CLEAN, OUTLIER, DecisionOptions, label_decisions
-from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets
+from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets, predict_many
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
 NO_SUGGESTION = -1
@@ -75,11 +75,13 @@ def class_values(features: Any, rows: np.ndarray, est: Estimates, nets: dict[int
     out = np.empty((rows.size, n_classes))
     fallback = {k: float(est.mean[est.labels == k].mean()) if np.any(est.labels == k) else 0.0
                 for k in range(n_classes) if k not in nets}
+    with_net = [k for k in range(n_classes) if k in nets]
+    for k, value in fallback.items():
+        out[:, k] = value
     for start in range(0, rows.size, ROWS_PER_READ):
         part = rows[start:start + ROWS_PER_READ]
-        x = features[part]
-        for k in range(n_classes):
-            out[start:start + part.size, k] = nets[k].predict(x) if k in nets else fallback[k]
+        out[start:start + part.size, with_net] = predict_many([nets[k] for k in with_net],
+                                                              features[part])
     return out
 
 

@@ -66,7 +66,8 @@ CLEAN, DIRTY, RELABEL, OUTLIER = "clean", "dirty", "relabel", "outlier"
 DECISIONS = (CLEAN, DIRTY, RELABEL, OUTLIER)
 _EPS = 1e-9
 _TINY = 1e-300  # floor of a probability inside a log
-_BLOCK = 1024  # query rows per similarity block (memory: block x pool floats)
+_BLOCK = 1024  # query rows per similarity block, at most
+_BLOCK_BYTES = 64 * 2**20  # and at most this much similarity block (float32) at a time
 
 
 @dataclass
@@ -131,30 +132,44 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def top_similar(query: Any, pool: np.ndarray, k: int,
-                self_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def top_similar(query: Any, pool: np.ndarray, k: int, self_rows: np.ndarray | None = None,
+                keep_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The k most cosine-similar pool rows of every query row, most similar first.
 
     query (q, D) unit rows (an array or a FeatureView, read in blocks), pool
     (p, D) unit rows; self_rows (q,): the pool row that is the query itself
-    (-1: none), left out. Returns (indices (q, k) int64, similarities (q, k)
-    float32).
+    (-1: none), left out. Returns (indices (q, keep_index or k) int32 of the
+    first ones, similarities (q, k) float32).
     """
-    k = min(k, pool.shape[0] - (self_rows is not None))
-    idx = np.empty((query.shape[0], k), np.int64)
-    sim = np.empty((query.shape[0], k), np.float32)
-    for start in range(0, query.shape[0], _BLOCK):
-        block = np.asarray(query[start:start + _BLOCK]) @ pool.T
-        if self_rows is not None:
-            rows = np.arange(block.shape[0])
-            own = self_rows[start:start + _BLOCK]
-            block[rows[own >= 0], own[own >= 0]] = -np.inf
-        part = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        values = np.take_along_axis(block, part, axis=1)
-        order = np.argsort(-values, axis=1, kind="stable")
-        idx[start:start + _BLOCK] = np.take_along_axis(part, order, axis=1)
-        sim[start:start + _BLOCK] = np.take_along_axis(values, order, axis=1)
-    return idx, sim
+    return top_similar_many(query, [(pool, k, self_rows, keep_index)])[0]
+
+
+def top_similar_many(query: Any, targets: Sequence[tuple[np.ndarray, int, np.ndarray | None,
+                                                          int | None]]
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`top_similar` of one query against several pools, reading the query once.
+
+    targets: (pool, k, self_rows, keep_index) each, as in top_similar.
+    """
+    from .topk import top_k_rows  # numba: compiled or loaded on first use only
+
+    q = query.shape[0]
+    plans, results = [], []
+    for pool, k, self_rows, keep_index in targets:
+        k = min(k, pool.shape[0] - (self_rows is not None))
+        keep = k if keep_index is None else min(keep_index, k)
+        results.append((np.zeros((q, keep), np.int32), np.zeros((q, k), np.float32)))
+        skip = (np.full(q, -1, np.int64) if self_rows is None
+                else np.asarray(self_rows, np.int64))
+        plans.append((np.ascontiguousarray(pool, np.float32), k, skip))
+    widest = max([pool.shape[0] for pool, _, _ in plans] + [1])
+    step = int(max(1, min(_BLOCK, _BLOCK_BYTES // (4 * widest))))
+    for start in range(0, q, step):
+        x = np.ascontiguousarray(query[start:start + step], np.float32)
+        for (pool, k, skip), (idx, sim) in zip(plans, results):
+            if k > 0:
+                top_k_rows(x @ pool.T, k, skip[start:start + step], idx, sim, start)
+    return results
 
 
 def label_votes(neighbour_labels: np.ndarray, n_classes: int, alpha: float = 1.0) -> np.ndarray:
@@ -317,7 +332,10 @@ def appearance_share(post: np.ndarray, given: np.ndarray, neighbours: np.ndarray
     for y in range(n_classes):
         joint[:, y] = (weights[given == y, None] * post[given == y]).sum(axis=0)
     transition = (joint + 1e-3) / (joint + 1e-3).sum(axis=1, keepdims=True)
-    q = post[neighbours].mean(axis=1)
+    q = np.zeros_like(post)  # mean posterior of the neighbours, a column at a time: (n, K)
+    for column in neighbours.T:
+        q += post[column]
+    q /= neighbours.shape[1]
     a = np.einsum("nc,nc->n", q, transition[:, given].T)
     k = neighbours.shape[1]
     b = ((given[neighbours] == given[:, None]).sum(axis=1) + 1.0 / n_classes) / (k + 1.0)
@@ -482,10 +500,13 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     counts = np.bincount(given[pool_rows], minlength=K)
     val_counts = np.maximum(np.bincount(val_y, minlength=K), 1)
     k_needed = options.outlier_neighbours * 2 * counts.max() / val_counts.min()
-    k_big = int(min(max(options.neighbours, options.regime_neighbours,
-                        k_needed if options.outliers else 0), 500, pool_rows.size - 1))
-    nb_train, sim_train = top_similar(train, pool, k_big, self_in_pool)
-    nb_val, sim_val = top_similar(val, pool, k_big)
+    k_nb = max(options.neighbours, options.regime_neighbours)  # neighbours whose rows are used
+    k_big = int(min(max(k_nb, k_needed if options.outliers else 0), 500, pool_rows.size - 1))
+    # one pass over the training images (memory-mapped: read once) for both searches
+    k_out = options.outlier_neighbours if options.outliers else 0
+    (nb_train, sim_train), (_, train_val) = top_similar_many(
+        train, [(pool, k_big, self_in_pool, k_nb), (val, k_out, None, 0)])
+    nb_val, sim_val = top_similar(val, pool, k_big, keep_index=k_nb)
 
     # 1. views of the true class, stacked on the validation set
     trusted, C, val_trusted = fit_trusted(val, val_y, K, options.trusted_C, options.folds,
@@ -517,8 +538,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # 2. images of no class (before step 3: they should not count in its estimates)
     Q, prior = prior_shift(P)
     if options.outliers:
-        _, val_val = top_similar(val, val, options.outlier_neighbours, np.arange(m))
-        _, train_val = top_similar(train, val, options.outlier_neighbours)
+        _, val_val = top_similar(val, val, options.outlier_neighbours, np.arange(m), 0)
         p_out, share, _ = outlier_probability(sim_train, train_val, sim_val, val_val, val_y, Q,
                                               prior, pool_rows.size,
                                               options.outlier_neighbours)

@@ -84,6 +84,38 @@ class ValueNet:
         return out * self.target_scale
 
 
+def predict_many(nets: list[ValueNet], X: Any, batch_bytes: int = 32 * 2**20) -> np.ndarray:
+    """(n, len(nets)) float64: every net's predictions on X (n, D), as ValueNet.predict.
+
+    The nets' first layers are stacked into one matrix, so the features are
+    checked and multiplied once for all of them; rows are taken in chunks whose
+    hidden activations (rows x nets x H float32) stay within batch_bytes.
+    """
+    X = _check_matrix(X, "X")
+    out = np.empty((X.shape[0], len(nets)), dtype=np.float64)
+    if not nets:
+        return out
+    if len({(net.dim, net.w1.shape[1], net.w1.dtype) for net in nets}) > 1:
+        return np.column_stack([net.predict(X) for net in nets])  # unlike nets: one by one
+    if X.shape[1] != nets[0].dim:
+        raise TvcleanError(f"X has {X.shape[1]} features per row, the value nets expect "
+                           f"{nets[0].dim}")
+    hidden = nets[0].w1.shape[1]
+    dtype = nets[0].w1.dtype
+    w1 = np.concatenate([net.w1 for net in nets], axis=1).astype(dtype)  # (D, N*H)
+    b1 = np.concatenate([net.b1 for net in nets]).astype(dtype)
+    w2 = np.stack([net.w2[:, 0] for net in nets]).astype(dtype)  # (N, H)
+    b2 = np.array([net.b2[0] for net in nets], dtype)
+    scale = np.array([net.target_scale for net in nets])
+    rows = max(1, batch_bytes // (4 * w1.shape[1]))
+    for start in range(0, X.shape[0], rows):
+        chunk = np.asarray(X[start:start + rows], dtype=dtype)
+        _check_finite(chunk, "X", start)
+        act = np.maximum(chunk @ w1 + b1, 0).reshape(chunk.shape[0], len(nets), hidden)
+        out[start:start + chunk.shape[0]] = np.einsum("bnh,nh->bn", act, w2) + b2
+    return out * scale
+
+
 def can_fit(n_examples: int, config: ValueNetConfig) -> bool:
     """Whether a class with n_examples MC estimates has enough to train a value net."""
     n_val = _n_val(n_examples, config.val_split)
