@@ -311,6 +311,10 @@ def test_many_nets_at_once_equal_each_net_on_its_own():
         predict_many(nets, bad, batch_bytes=4 * 400 * 9)
     with pytest.raises(TvcleanError, match="12"):
         predict_many(nets, X[:, :5])
+    # nets of different shapes cannot be stacked: each runs on its own, same values
+    mixed = nets[:2] + [fit_valuenet(X, y, ValueNetConfig(max_epochs=3, hidden=7), seed=9)]
+    np.testing.assert_allclose(predict_many(mixed, X),
+                               np.column_stack([net.predict(X) for net in mixed]), rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- files
