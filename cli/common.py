@@ -19,7 +19,8 @@ R = TypeVar("R")
 
 def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn TvcleanError (and operating-system errors: a full disk, a read-only folder, a
-    missing permission) into a one-line click error (exit code 1, no traceback)."""
+    missing permission) into a one-line click error (exit code 1, no traceback); any other
+    exception too, as an internal error (TVCLEAN_DEBUG=1: raised as it is)."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -35,6 +36,12 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
+        except Exception as exc:  # a bug of ours: one line, the traceback on request
+            if os.environ.get("TVCLEAN_DEBUG"):
+                raise
+            raise click.ClickException(
+                f"internal error ({type(exc).__name__}: {exc}); this is a bug in tvclean, "
+                f"please report it; TVCLEAN_DEBUG=1 shows the traceback") from None
 
     return wrapper
 

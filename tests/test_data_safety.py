@@ -577,3 +577,19 @@ def test_a_nul_in_a_manifest_path_names_the_row(data, tmp_path):
     manifest.write_bytes(b"path,label\n" + os.fsencode(data) + b"/train/digit0/0\x0000.png,a\n")
     cli_fails("extract", manifest, data / "val", "-o", tmp_path / "run",
               match=r"train.csv, line 2: the path .* holds a NUL or line-break character")
+
+
+def test_an_unexpected_error_is_one_line_and_the_traceback_is_on_request(feature_run,
+                                                                         monkeypatch):
+    # a bug of ours must not print a traceback at the user; TVCLEAN_DEBUG=1 shows it
+    import tvcore.stages.filter as filter_stage
+
+    def broken(*args, **kwargs):
+        raise ValueError("something tvclean did not expect")
+
+    monkeypatch.setattr(filter_stage, "score_training_set", broken)
+    run_ok("estimate", feature_run.root, *FAST)
+    cli_fails("filter", feature_run.root, match=r"internal error \(ValueError: something tvclean did "
+                                           r"not expect\); this is a bug in tvclean")
+    result = CliRunner(env={"TVCLEAN_DEBUG": "1"}).invoke(cli, ["filter", str(feature_run.root)])
+    assert isinstance(result.exception, ValueError)

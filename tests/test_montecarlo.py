@@ -149,6 +149,16 @@ def test_subset_selection_is_seeded_balanced_and_warns_on_small_classes():
     assert not np.array_equal(a.train_rows, other.train_rows)
 
 
+
+def test_subset_warns_when_a_class_has_few_validation_images():
+    labels = np.repeat([0, 1, 2], 20)
+    val_labels = np.repeat([0, 1, 2], [montecarlo.FEW_VAL, 1, montecarlo.FEW_VAL - 1])
+    subset = montecarlo.select_subset(labels, val_labels, 3, EstimateConfig(per_class=20),
+                                      class_names=["a", "b", "c"])
+    assert len(subset.warnings) == 1
+    assert "2 class(es) have fewer than" in subset.warnings[0]
+    assert "b (1), c (4)" in subset.warnings[0] and "a (" not in subset.warnings[0]
+
 def test_subset_only_draws_eligible_rows():
     labels = np.repeat([0, 1], [20, 20])
     eligible = np.arange(0, 40, 2)

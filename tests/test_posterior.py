@@ -344,3 +344,23 @@ def test_aligned_reference_moves_the_null_to_the_training_bulk():
     assert abs(np.median(moved) - np.median(bulk)) < 1e-9
     assert 1.5 < np.median(np.abs(moved - np.median(moved))) / 0.6745 < 2.8  # MAD of the bulk
     np.testing.assert_array_equal(aligned_reference(reference, bulk[:5]), np.sort(reference))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_one_validation_image_per_class_is_decided_without_an_error(n_classes):
+    # no stratified fold exists and a fold may hold a single class: the trusted view's
+    # cross-validation must still give every image a probability
+    rng = np.random.default_rng(n_classes)
+    centres = rng.normal(size=(n_classes, 6)) * 3
+    y = np.repeat(np.arange(n_classes), 12)
+    X = centres[y] + rng.normal(size=(y.size, 6))
+    val_y = np.arange(n_classes)
+    val = centres + rng.normal(size=(n_classes, 6)) * 0.1
+    given = y.copy()
+    given[::6] = (given[::6] + 1) % n_classes
+    made = label_decisions(X, given, val, val_y, n_classes)
+    assert made.score.shape == (y.size,) and np.isfinite(made.score).all()
+    assert np.allclose(made.class_posterior.sum(axis=1), 1)
+    # the images whose label was changed are, on the whole, scored as the less likely ones
+    assert made.score[given != y].mean() < made.score[given == y].mean()
+

@@ -26,6 +26,7 @@ from . import kernel_warmup, mc_kernels
 # Independent random streams, derived from the user's seed.
 _SUBSET_STREAM = 1
 _EPISODE_STREAM = 2
+FEW_VAL = 5  # validation images of a class below which the user is warned
 _ROWS = 4096  # rows per pass when a whole-matrix temporary would cost memory
 
 
@@ -76,6 +77,12 @@ def select_subset(train_labels: Any, val_labels: Any, n_classes: int, config: Es
     if short:
         warnings.append(f"{len(short)} class(es) have fewer than --per-class {config.per_class} "
                         f"training images and use all they have: {', '.join(short)}")
+    val_counts = np.bincount(val_labels[np.asarray(val_eligible)], minlength=n_classes)
+    few = [f"{class_names[k]} ({val_counts[k]})" for k in np.flatnonzero(val_counts < FEW_VAL)]
+    if few:
+        warnings.append(f"{len(few)} class(es) have fewer than {FEW_VAL} validation images, so "
+                        f"the values and decisions of their images rest on very few correct "
+                        f"examples: {', '.join(few[:10])}{' ...' if len(few) > 10 else ''}")
     return Subset(train_rows=train_rows, val_rows=val_rows, warnings=warnings)
 
 

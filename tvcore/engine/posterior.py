@@ -191,19 +191,26 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequen
     import warnings
 
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     counts = np.bincount(val_y, minlength=n_classes)
     # a class with a single validation image: its fold predicts it from the other classes only
     folds = max(2, int(min(folds, counts[counts > 0].min())))
+    # every class with one image: no stratified split exists, plain folds do the same
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.max() >= folds
+                else KFold(min(folds, val_y.size), shuffle=True, random_state=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has 1 member"
-        split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(val, val_y))
+        split = list(splitter.split(val, val_y))
     best: tuple[float, float, np.ndarray] | None = None
     for C in grid:
         cv = np.full((val.shape[0], n_classes), _EPS)
         for fit_rows, held in split:
-            model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], val_y[fit_rows])
+            fit_y = val_y[fit_rows]
+            if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets): it predicts that
+                cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
+                continue
+            model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
             cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
         loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
         if best is None or loss < best[0]:
