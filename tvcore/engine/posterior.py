@@ -199,25 +199,27 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequen
     # every class with one image: no stratified split exists, plain folds do the same
     splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts.max() >= folds
                 else KFold(min(folds, val_y.size), shuffle=True, random_state=seed))
+    # sklearn's warnings about small sets ("least populated class has 1 member", "more
+    # classes than half the samples") say what the caller already knows: not for the user
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has 1 member"
+        warnings.simplefilter("ignore", UserWarning)
         split = list(splitter.split(val, val_y))
-    best: tuple[float, float, np.ndarray] | None = None
-    for C in grid:
-        cv = np.full((val.shape[0], n_classes), _EPS)
-        for fit_rows, held in split:
-            fit_y = val_y[fit_rows]
-            if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets): it predicts that
-                cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
-                continue
-            model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
-            cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
-        loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
-        if best is None or loss < best[0]:
-            best = (float(loss), float(C), cv)
-    assert best is not None
-    _, C, cv = best
-    return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
+        best: tuple[float, float, np.ndarray] | None = None
+        for C in grid:
+            cv = np.full((val.shape[0], n_classes), _EPS)
+            for fit_rows, held in split:
+                fit_y = val_y[fit_rows]
+                if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets) predicts it
+                    cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
+                    continue
+                model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
+                cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
+            loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
+            if best is None or loss < best[0]:
+                best = (float(loss), float(C), cv)
+        assert best is not None
+        _, C, cv = best
+        return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
 
 
 def class_probabilities(model: Any, X: Any, n_classes: int) -> np.ndarray:
