@@ -19,7 +19,7 @@ from ..errors import TvcleanError
 from .estimates import Estimates
 from .featurenorm import FeatureView, fit_center
 from .posterior import CLEAN, OUTLIER, DecisionOptions, label_decisions
-from .valuenet import PREDICT_ROWS, ValueNet, can_fit, fit_valuenets, predict_many
+from .valuenet import PREDICT_ROWS, NetStack, ValueNet, can_fit, fit_valuenets
 
 ROWS_PER_READ = PREDICT_ROWS  # feature rows read at once when predicting
 NO_SUGGESTION = -1
@@ -78,10 +78,10 @@ def class_values(features: Any, rows: np.ndarray, est: Estimates, nets: dict[int
     with_net = [k for k in range(n_classes) if k in nets]
     for k, value in fallback.items():
         out[:, k] = value
+    stack = NetStack([nets[k] for k in with_net])
     for start in range(0, rows.size, ROWS_PER_READ):
         part = rows[start:start + ROWS_PER_READ]
-        out[start:start + part.size, with_net] = predict_many([nets[k] for k in with_net],
-                                                              features[part])
+        out[start:start + part.size, with_net] = stack.predict(features[part])
     return out
 
 

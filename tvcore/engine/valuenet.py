@@ -84,36 +84,48 @@ class ValueNet:
         return out * self.target_scale
 
 
-def predict_many(nets: list[ValueNet], X: Any, batch_bytes: int = 32 * 2**20) -> np.ndarray:
-    """(n, len(nets)) float64: every net's predictions on X (n, D), as ValueNet.predict.
+class NetStack:
+    """Value nets of one shape with their first layers stacked into one matrix, so the
+    features are checked and multiplied once for all of them (stacked once, used on every
+    chunk); nets of different shapes are kept as they are and run one by one."""
 
-    The nets' first layers are stacked into one matrix, so the features are
-    checked and multiplied once for all of them; rows are taken in chunks whose
-    hidden activations (rows x nets x H float32) stay within batch_bytes.
-    """
-    X = _check_matrix(X, "X")
-    out = np.empty((X.shape[0], len(nets)), dtype=np.float64)
-    if not nets:
-        return out
-    if len({(net.dim, net.w1.shape[1], net.w1.dtype) for net in nets}) > 1:
-        return np.column_stack([net.predict(X) for net in nets])  # unlike nets: one by one
-    if X.shape[1] != nets[0].dim:
-        raise TvcleanError(f"X has {X.shape[1]} features per row, the value nets expect "
-                           f"{nets[0].dim}")
-    hidden = nets[0].w1.shape[1]
-    dtype = nets[0].w1.dtype
-    w1 = np.concatenate([net.w1 for net in nets], axis=1).astype(dtype)  # (D, N*H)
-    b1 = np.concatenate([net.b1 for net in nets]).astype(dtype)
-    w2 = np.stack([net.w2[:, 0] for net in nets]).astype(dtype)  # (N, H)
-    b2 = np.array([net.b2[0] for net in nets], dtype)
-    scale = np.array([net.target_scale for net in nets])
-    rows = max(1, batch_bytes // (4 * w1.shape[1]))
-    for start in range(0, X.shape[0], rows):
-        chunk = np.asarray(X[start:start + rows], dtype=dtype)
-        _check_finite(chunk, "X", start)
-        act = np.maximum(chunk @ w1 + b1, 0).reshape(chunk.shape[0], len(nets), hidden)
-        out[start:start + chunk.shape[0]] = np.einsum("bnh,nh->bn", act, w2) + b2
-    return out * scale
+    def __init__(self, nets: list[ValueNet]):
+        self.nets = nets
+        self.stacked = len({(net.dim, net.w1.shape[1], net.w1.dtype) for net in nets}) == 1
+        if self.stacked:
+            dtype = nets[0].w1.dtype
+            self.w1 = np.concatenate([net.w1 for net in nets], axis=1).astype(dtype)  # (D, N*H)
+            self.b1 = np.concatenate([net.b1 for net in nets]).astype(dtype)
+            self.w2 = np.stack([net.w2[:, 0] for net in nets]).astype(dtype)  # (N, H)
+            self.b2 = np.array([net.b2[0] for net in nets], dtype)
+            self.scale = np.array([net.target_scale for net in nets])
+
+    def predict(self, X: Any, batch_bytes: int = 32 * 2**20) -> np.ndarray:
+        """(n, len(nets)) float64: every net's predictions on X (n, D), as ValueNet.predict;
+        rows are taken in chunks whose hidden activations (rows x nets x H float32) stay
+        within batch_bytes."""
+        X = _check_matrix(X, "X")
+        out = np.empty((X.shape[0], len(self.nets)), dtype=np.float64)
+        if not self.nets:
+            return out
+        if not self.stacked:
+            return np.column_stack([net.predict(X) for net in self.nets])
+        if X.shape[1] != self.nets[0].dim:
+            raise TvcleanError(f"X has {X.shape[1]} features per row, the value nets expect "
+                               f"{self.nets[0].dim}")
+        n_nets, hidden = self.w2.shape
+        rows = max(1, batch_bytes // (4 * self.w1.shape[1]))
+        for start in range(0, X.shape[0], rows):
+            chunk = np.asarray(X[start:start + rows], dtype=self.w1.dtype)
+            _check_finite(chunk, "X", start)
+            act = np.maximum(chunk @ self.w1 + self.b1, 0).reshape(chunk.shape[0], n_nets, hidden)
+            out[start:start + chunk.shape[0]] = np.einsum("bnh,nh->bn", act, self.w2) + self.b2
+        return out * self.scale
+
+
+def predict_many(nets: list[ValueNet], X: Any, batch_bytes: int = 32 * 2**20) -> np.ndarray:
+    """(n, len(nets)) float64: every net's predictions on X (n, D) (see NetStack)."""
+    return NetStack(nets).predict(X, batch_bytes)
 
 
 def can_fit(n_examples: int, config: ValueNetConfig) -> bool:
