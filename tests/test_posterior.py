@@ -18,7 +18,6 @@ from tvcore.engine.posterior import (
     label_decisions,
     label_votes,
     prior_shift,
-    top_similar,
     top_similar_many,
 )
 from tvcore.errors import TvcleanError
@@ -39,7 +38,7 @@ def test_top_similar_equals_a_full_sort(q, p, k, with_self):
         query, self_rows = pool[:q], np.arange(q)
     else:
         query, self_rows = _unit(rng.normal(size=(q, 8))).astype(np.float32), None
-    idx, sim = top_similar(query, pool, k, self_rows)
+    [(idx, sim)] = top_similar_many(query, [(pool, k, self_rows, None)])
     full = query.astype(np.float64) @ pool.T.astype(np.float64)
     if with_self:
         full[np.arange(q), np.arange(q)] = -np.inf
@@ -59,7 +58,7 @@ def test_the_neighbour_kernel_breaks_ties_by_pool_order_and_keeps_the_asked_colu
     query = _unit(rng.normal(size=(333, 5))).astype(np.float32)
     self_rows = rng.integers(-1, pool.shape[0], query.shape[0])
     monkeypatch.setattr(posterior, "_BLOCK_BYTES", 4 * pool.shape[0] * 7)  # 7 rows a block
-    idx, sim = top_similar(query, pool, 25, self_rows, keep_index=9)
+    [(idx, sim)] = top_similar_many(query, [(pool, 25, self_rows, 9)])
     full = query.astype(np.float64) @ pool.T.astype(np.float64)
     full[np.arange(query.shape[0])[self_rows >= 0], self_rows[self_rows >= 0]] = -np.inf
     # a stable sort of the float32 similarities: equal values keep the pool order
@@ -76,7 +75,7 @@ def test_one_pass_over_the_query_equals_separate_searches():
     pools = [_unit(rng.normal(size=(p, 6))).astype(np.float32) for p in (30, 12)]
     together = top_similar_many(query, [(pools[0], 8, None, 3), (pools[1], 4, None, 0)])
     for (idx, sim), (pool, k, keep) in zip(together, [(pools[0], 8, 3), (pools[1], 4, 0)]):
-        alone_idx, alone_sim = top_similar(query, pool, k, keep_index=keep)
+        [(alone_idx, alone_sim)] = top_similar_many(query, [(pool, k, None, keep)])
         np.testing.assert_array_equal(idx, alone_idx)
         np.testing.assert_array_equal(sim, alone_sim)
     assert together[1][0].shape == (50, 0)

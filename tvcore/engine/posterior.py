@@ -132,24 +132,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def top_similar(query: Any, pool: np.ndarray, k: int, self_rows: np.ndarray | None = None,
-                keep_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k most cosine-similar pool rows of every query row, most similar first.
-
-    query (q, D) unit rows (an array or a FeatureView, read in blocks), pool
-    (p, D) unit rows; self_rows (q,): the pool row that is the query itself
-    (-1: none), left out. Returns (indices (q, keep_index or k) int32 of the
-    first ones, similarities (q, k) float32).
-    """
-    return top_similar_many(query, [(pool, k, self_rows, keep_index)])[0]
-
-
 def top_similar_many(query: Any, targets: Sequence[tuple[np.ndarray, int, np.ndarray | None,
                                                           int | None]]
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`top_similar` of one query against several pools, reading the query once.
+    """The k most cosine-similar rows of each target pool for every query row, most similar
+    first, reading the query once for all the pools.
 
-    targets: (pool, k, self_rows, keep_index) each, as in top_similar.
+    query (q, D) unit rows (an array or a FeatureView, read in blocks); targets:
+    (pool, k, self_rows, keep_index) each, pool (p, D) unit rows, self_rows (q,)
+    the pool row that is the query itself (-1: none; None: no such rows), left
+    out. Returns per target (indices (q, keep_index or k) int32 of the first
+    ones, similarities (q, k) float32).
     """
     from .topk import top_k_rows  # numba: compiled or loaded on first use only
 
@@ -511,11 +504,13 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     k_needed = options.outlier_neighbours * 2 * counts.max() / val_counts.min()
     k_nb = max(options.neighbours, options.regime_neighbours)  # neighbours whose rows are used
     k_big = int(min(max(k_nb, k_needed if options.outliers else 0), 500, pool_rows.size - 1))
-    # one pass over the training images (memory-mapped: read once) for both searches
+    # one pass over the training images (memory-mapped: read once) for both searches, and
+    # one over the validation images
     k_out = options.outlier_neighbours if options.outliers else 0
     (nb_train, sim_train), (_, train_val) = top_similar_many(
         train, [(pool, k_big, self_in_pool, k_nb), (val, k_out, None, 0)])
-    nb_val, sim_val = top_similar(val, pool, k_big, keep_index=k_nb)
+    (nb_val, sim_val), (_, val_val) = top_similar_many(
+        val, [(pool, k_big, None, k_nb), (val, k_out, np.arange(m), 0)])
 
     # 1. views of the true class, stacked on the validation set
     trusted, C, val_trusted = fit_trusted(val, val_y, K, options.trusted_C, options.folds,
@@ -547,7 +542,6 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # 2. images of no class (before step 3: they should not count in its estimates)
     Q, prior = prior_shift(P)
     if options.outliers:
-        _, val_val = top_similar(val, val, options.outlier_neighbours, np.arange(m), 0)
         p_out, share, _ = outlier_probability(sim_train, train_val, sim_val, val_val, val_y, Q,
                                               prior, pool_rows.size,
                                               options.outlier_neighbours)
