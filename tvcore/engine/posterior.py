@@ -199,20 +199,29 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequen
         split = list(splitter.split(val, val_y))
         best: tuple[float, float, np.ndarray] | None = None
         for C in grid:
-            cv = np.full((val.shape[0], n_classes), _EPS)
-            for fit_rows, held in split:
-                fit_y = val_y[fit_rows]
-                if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets) predicts it
-                    cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
-                    continue
-                model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
-                cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
+            cv = _held_out_probabilities(val, val_y, n_classes, C, split)
             loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
             if best is None or loss < best[0]:
                 best = (float(loss), float(C), cv)
         assert best is not None
         _, C, cv = best
         return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
+
+
+def _held_out_probabilities(val: np.ndarray, val_y: np.ndarray, n_classes: int, C: float,
+                            split: list) -> np.ndarray:
+    """(m, K): each validation image's probabilities from the fold that left it out."""
+    from sklearn.linear_model import LogisticRegression
+
+    cv = np.full((val.shape[0], n_classes), _EPS)
+    for fit_rows, held in split:
+        fit_y = val_y[fit_rows]
+        if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets) predicts it
+            cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
+            continue
+        model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
+        cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
+    return cv
 
 
 def class_probabilities(model: Any, X: Any, n_classes: int) -> np.ndarray:
