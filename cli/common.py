@@ -36,6 +36,8 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click's own: it prints them
         except Exception as exc:  # a bug of ours: one line, the traceback on request
             if os.environ.get("TVCLEAN_DEBUG"):
                 raise

@@ -19,6 +19,7 @@ import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -593,3 +594,10 @@ def test_an_unexpected_error_is_one_line_and_the_traceback_is_on_request(feature
                                            r"not expect\); this is a bug in tvclean")
     result = CliRunner(env={"TVCLEAN_DEBUG": "1"}).invoke(cli, ["filter", str(feature_run.root)])
     assert isinstance(result.exception, ValueError)
+
+
+    def refused(*args, **kwargs):
+        raise click.ClickException("a message click prints as it is")
+
+    monkeypatch.setattr(filter_stage, "score_training_set", refused)  # click's own: not a bug
+    cli_fails("filter", feature_run.root, match=r"^Error: a message click prints as it is$")
