@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -19,6 +20,11 @@ def run() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        # At exit the interpreter's garbage collector walks every object numba and numpy
+        # made, several times (0.3-0.5 s of a 2.5 s `tvclean estimate`); frozen, they are
+        # freed with the process. Files are closed by then: every write closes its own.
+        gc.freeze()
 
 
 def __getattr__(name: str) -> Any:

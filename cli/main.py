@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import Any
 
@@ -29,6 +30,8 @@ class LazyGroup(click.Group):
             module = importlib.import_module(f".{self.lazy[name]}", __package__)
             for command in module.COMMANDS:
                 self.add_command(command)
+            # what the imports made lives as long as the process: later collections skip it
+            gc.freeze()
         return super().get_command(ctx, name)
 
 
