@@ -105,7 +105,7 @@ class ReviewState:
         self._errors: list[str] | None = None
         self._errors_lock = threading.Lock()
         self.reviews: dict[int, Review] = {}  # row -> its current review, oldest first
-        saved = sorted(read_reviews(run).values(), key=lambda r: r.time)  # stable: file order
+        saved = sorted(read_reviews(run, self.classes).values(), key=lambda r: r.time)  # stable: file order
         if saved:
             row_of = {path: i for i, path in enumerate(table.path)}
             for review in saved:

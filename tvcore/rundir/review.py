@@ -11,14 +11,18 @@ it under `label`, a class name) or "" (no review: the computed decision
 applies again). The last line of an image wins. Each line is written with one
 append and flushed to disk before the call returns, so a crash or kill -9 of
 the writer loses no saved decision; a torn last line (a power cut mid-write)
-is ignored when read.
+is ignored when read and cut off by the next append. A line that is not a
+whole row anywhere else, or a relabel to a name that is not a class, is an
+error naming the line (the file is also edited by hand).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable
@@ -53,7 +57,10 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
                   classes: Iterable[str] | None = None) -> None:
     """Append one decision ("" = undo) for the image `path` (as in training_values.csv).
 
-    classes: the run's class names, to check a relabel's target.
+    classes: the run's class names, to check a relabel's target. Writers (threads,
+    or two review servers) take turns by a lock on the file; an unterminated last
+    line is ended first if it is a whole row, else (a torn write) cut off, so the
+    new line never runs into it.
     """
     if decision not in (*REVIEW_DECISIONS, ""):
         raise TvcleanError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)} (or "
@@ -66,16 +73,12 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
         raise TvcleanError(f"cannot review {path!r}: its name holds a line break")
     target = review_path(run)
     with _APPEND_LOCK:
-        line = io.StringIO()
-        writer = csv.writer(line, lineterminator="\n")
-        if not target.exists() or target.stat().st_size == 0:
-            writer.writerow(COLUMNS)
-        writer.writerow((time.strftime("%Y-%m-%dT%H:%M:%S"), path, decision, label))
-        data = line.getvalue().encode("utf-8")
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            fd = _open_regular(target, os.O_RDWR | os.O_APPEND | os.O_CREAT)
             try:
-                os.write(fd, data)  # one append: whole lines only, even with other writers
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, _append_bytes(fd, (time.strftime("%Y-%m-%dT%H:%M:%S"), path,
+                                                decision, label)))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -84,33 +87,136 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
                 from None
 
 
-def read_reviews(run: RunDir) -> dict[str, Review]:
-    """The current review of every reviewed image, by path (undone images are left out)."""
-    target = review_path(run)
-    if not target.exists():
-        return {}
+def _open_regular(target: Path, flags: int) -> int:
+    """os.open that never follows a link or waits on a pipe, and refuses what is not a file."""
+    fd = os.open(target, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TvcleanError(f"{target} is not a regular file; move it out of the run")
+    return fd
+
+
+def _append_bytes(fd: int, row: tuple[str, str, str, str]) -> bytes:
+    """The bytes to append for `row`: the header first in an empty file; a newline first
+    after an unterminated whole row; a torn unterminated line cut off (ftruncate)."""
+    size = os.fstat(fd).st_size
+    prefix = b""
+    if size == 0:
+        prefix = _csv_line(COLUMNS)
+    else:
+        tail_start = _last_line_start(fd, size)
+        if tail_start < size:  # the file does not end with a newline
+            head = os.pread(fd, min(size, 65536), 0).decode("utf-8-sig", "replace")
+            tail = os.pread(fd, size - tail_start, tail_start).decode("utf-8", "replace")
+            try:
+                _row(tail, _header(head.split("\n", 1)[0]))
+                prefix = b"\n"
+            except ValueError:
+                os.ftruncate(fd, tail_start)
+                prefix = b"" if tail_start else _csv_line(COLUMNS)
+    return prefix + _csv_line(row)
+
+
+def _csv_line(fields: Iterable[str]) -> bytes:
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(fields)
+    return line.getvalue().encode("utf-8")
+
+
+def _last_line_start(fd: int, size: int) -> int:
+    """Offset just past the file's last newline (0 if it has none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - 4096)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _header(line: str) -> dict[str, int]:
+    """Column name -> position, from the header line; ValueError without the columns."""
     try:
-        text = target.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise TvcleanError(f"cannot read {target}: {os_error_cause(exc)}") from None
-    if not text.endswith("\n"):
-        text = text[:text.rfind("\n") + 1]  # a torn last line: never fully written
+        names = next(csv.reader([line.rstrip("\r")], strict=True), [])
+    except csv.Error as exc:
+        raise ValueError(f"its header cannot be read as CSV ({exc})") from None
+    if set(COLUMNS) - set(names):
+        raise ValueError(f"needs the columns {', '.join(COLUMNS)}")
+    return {name: names.index(name) for name in COLUMNS}
+
+
+def _row(line: str, header: dict[str, int]) -> tuple[str, str, str, str]:
+    """(time, path, decision, label) of one line; ValueError saying what is wrong with it."""
+    try:
+        fields = next(csv.reader([line.rstrip("\r")], strict=True), [])
+    except csv.Error as exc:
+        raise ValueError(f"cannot be read as CSV ({exc})") from None
+    width = max(header.values()) + 1
+    if len(fields) < width:
+        raise ValueError(f"has {len(fields)} fields; the header names {width}")
+    time_, path, decision, label = (fields[header[name]] for name in COLUMNS)
+    if decision not in (*REVIEW_DECISIONS, "") and (time_, path, decision, label) != COLUMNS:
+        raise ValueError(f"decision {decision!r} is not one of "
+                         f"{', '.join(REVIEW_DECISIONS)} or empty")
+    return time_, path, decision, label
+
+
+def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str, Review]:
+    """The current review of every reviewed image, by path (undone images are left out).
+
+    classes: the run's class names; a relabel to any other name is an error naming
+    the line. An unterminated last line counts if it is a whole row; else it is a
+    torn write and is ignored.
+    """
+    target = review_path(run)
+    text = _read_text(target)
+    if not text:
+        return {}
+    lines = text.split("\n")
+    known = None if classes is None else set(classes)
+    try:
+        header = _header(lines[0])
+    except ValueError as exc:
+        raise TvcleanError(f"{target}: {exc}") from None
     current: dict[str, Review] = {}
-    for line, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        if set(COLUMNS) - set(row):
-            raise TvcleanError(f"{target}: needs the columns {', '.join(COLUMNS)}")
-        decision, path = row["decision"] or "", row["path"] or ""
-        if (row["time"], path, decision, row["label"]) == COLUMNS:
+    last = len(lines) - 1
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            time_, path, decision, label = _row(line, header)
+            if decision == "relabel" and known is not None and label not in known:
+                raise ValueError(f"relabels {path} as {label!r}, which is not a class of this "
+                                 f"run")
+        except ValueError as exc:
+            if number - 1 == last:
+                break  # an unterminated last line that is not a whole row: a torn write
+            raise TvcleanError(f"{target}, line {number}: {exc}; correct or delete that "
+                               f"line") from None
+        if (time_, path, decision, label) == COLUMNS:
             continue  # a header written again by a second writer process
         if decision == "":
             current.pop(path, None)
-        elif decision in REVIEW_DECISIONS:
-            current[path] = Review(path=path, decision=decision, label=row["label"] or "",
-                                   time=row["time"] or "")
         else:
-            raise TvcleanError(f"{target}, line {line}: decision {decision!r} is not one of "
-                               f"{', '.join(REVIEW_DECISIONS)} or empty")
+            current[path] = Review(path=path, decision=decision, label=label, time=time_)
     return current
+
+
+def _read_text(target: Path) -> str:
+    """review.csv's text ("" when there is none), a byte-order mark dropped."""
+    try:
+        fd = _open_regular(target, os.O_RDONLY)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise TvcleanError(f"cannot read {target}: {os_error_cause(exc)}") from None
+    try:
+        with os.fdopen(fd, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise TvcleanError(f"cannot read {target}: {os_error_cause(exc)}") from None
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def apply_reviews(table: TrainingValues, reviews: dict[str, Review]) -> int:

@@ -88,7 +88,7 @@ def reviewed_rows(run: RunDir, features: FeatureSet
                   ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """(every reviewed training row, (rows, labels) of those a person says are labeled
     correctly: kept or relabelled) from RUN/review.csv; (None, None) without reviews."""
-    reviews = read_reviews(run)
+    reviews = read_reviews(run, features.class_names)
     if not reviews:
         return None, None
     train, index = features.train, {name: k for k, name in enumerate(features.class_names)}

@@ -121,7 +121,7 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
         scored.info["trusted_reviewed"] = int(trusted.labels.size - features.val.ok_rows.size)
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
-    reviews = read_reviews(run)
+    reviews = read_reviews(run, features.class_names)
     unknown = apply_reviews(table, reviews)
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
