@@ -31,7 +31,7 @@ def review_command(run: str, port: int, no_open: bool) -> None:
     Every decision is saved at once in RUN/review.csv (append-only: a crash
     loses nothing saved; the last decision about an image wins). Run
     `tvclean filter RUN` afterwards to apply them. The server does not lock
-    the run, so other commands can run meanwhile. Ctrl-C stops it. Needs
+    the run, so other commands can run meanwhile; one review app per run at a time. Ctrl-C stops it. Needs
     `tvclean filter` to have run.
     """
 
@@ -40,6 +40,9 @@ def review_command(run: str, port: int, no_open: bool) -> None:
         info(f"reviewing {server.run.root}: open the URL above; Ctrl-C stops")
 
     state = serve_review(run, port, open_browser=not no_open, announce=announce)
+    if state is None:
+        info("review stopped before the run was read; nothing was saved")
+        return
     counts = state.counts()
     info(f"review stopped: {counts['reviewed']:,} reviewed, saved in "
          f"{state.summary()['review_file']}; `tvclean filter {state.run.root}` applies them")

@@ -569,12 +569,15 @@ def test_command_prints_the_url_and_stops_on_ctrl_c(run):
     assert err.strip().splitlines()[-1].startswith("review stopped: 0 reviewed, saved in ")
 
 
+ROWS_12 = [row for row in range(13) if row not in UNREADABLE]  # 12 readable images
+
+
 def test_kill_9_loses_no_saved_decision(run):
     process, url = start_command(run)
     token = url.rpartition("=")[2]
     port = int(re.search(r":(\d+)/", url).group(1))
     try:
-        for row in range(12):
+        for row in ROWS_12:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
             connection.request("POST", f"/api/review?token={token}",
                                json.dumps({"row": row, "decision": ("dirty", "clean")[row % 2]}),
@@ -587,7 +590,7 @@ def test_kill_9_loses_no_saved_decision(run):
     saved = read_reviews(run)
     paths = read_training_values(run.training_values).path
     assert {p: r.decision for p, r in saved.items()} == {
-        paths[row]: ("dirty", "clean")[row % 2] for row in range(12)}
+        paths[row]: ("dirty", "clean")[row % 2] for row in ROWS_12}
     process, url = start_command(run)  # starts again on the same file and shows them
     try:
         status, body = http_get(url.replace("/?token=", "/api/state?token="))
@@ -621,3 +624,50 @@ def test_the_posterior_score_is_shown_as_a_probability():
     assert label_probability(800.0, float("nan")) == "1.00"
     assert label_probability(0.3, 0.1) == ""  # the threshold rule: score ± stderr instead
     assert label_probability(float("nan"), float("nan")) == ""
+
+
+def test_bad_posts_save_nothing_and_the_server_goes_on(server, run):
+    """No decision key, JSON nested past Python's recursion limit, an unreadable image."""
+    assert post(server, "/api/review", {"row": 0})[0] == 400
+    deep = b'{"row": 0, "decision": ' + b"[" * 3000 + b"]" * 3000 + b"}"
+    status = authed(server, "/api/review", "POST", deep, {"Content-Type": "application/json"})[0]
+    assert status == 400
+    status, answer = post(server, "/api/review", {"row": UNREADABLE[0], "decision": "dirty"})
+    assert status == 400 and "could not be read" in answer["error"]
+    assert read_reviews(run) == {}
+    assert post(server, "/api/review", {"row": 0, "decision": "dirty"})[0] == 200
+
+
+def test_a_stalled_body_does_not_hold_a_thread_for_ever(server, monkeypatch):
+    import socket
+
+    from tvcore.review.server import ReviewHandler
+    assert 0 < ReviewHandler.timeout <= 60  # the default: a stalled client is let go
+    monkeypatch.setattr(ReviewHandler, "timeout", 0.5)
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stalled.sendall(f"POST /api/review HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                    f"Cookie: {server.cookie}={server.token}\r\nContent-Type: application/json"
+                    f"\r\nContent-Length: 100\r\n\r\n{{".encode())
+    assert stalled.recv(1000) == b""  # closed by the server after its timeout
+    stalled.close()
+
+
+def test_one_review_app_per_run(run):
+    first = open_review(run)
+    try:
+        with pytest.raises(TvcleanError, match="is being reviewed by PID .*stop that"):
+            open_review(run)
+    finally:
+        first.server_close()
+    open_review(run).server_close()  # the lock went with the first server
+
+
+def test_ctrl_c_while_the_run_is_read_is_a_quiet_stop(run, monkeypatch):
+    from tvcore.review import server as review_server
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(review_server.ReviewServer, "load", interrupted)
+    assert review_server.serve_review(run, open_browser=False) is None
+    monkeypatch.undo()
+    open_review(run).server_close()  # nothing left held

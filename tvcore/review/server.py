@@ -26,6 +26,7 @@ import errno
 import hmac
 import http.cookies
 import json
+import os
 import secrets
 import signal
 import sys
@@ -40,6 +41,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import TvcleanError, os_error_cause
 from ..rundir import RunDir
+from ..rundir.ownership import review_lock
 from . import assets
 from .state import VIEWS, ReviewState, check_review_run
 from .thumbnails import SIZES, Thumbnail, Thumbnails
@@ -66,12 +68,16 @@ class ReviewServer(ThreadingHTTPServer):
 
     def __init__(self, run: str | Path | RunDir, port: int = 0, token: str | None = None):
         self.run = check_review_run(run)
+        self._lock = review_lock(self.run.root)
         self._state: ReviewState | None = None
         self.token = token or secrets.token_urlsafe(32)
         self.thumbnails = Thumbnails(self.run.own / "thumbnails")
         try:
             super().__init__((HOST, port), ReviewHandler)
         except OSError as exc:
+            if self._lock >= 0:  # (the base class may have closed the server already)
+                os.close(self._lock)
+                self._lock = -1
             if exc.errno == errno.EADDRINUSE:
                 raise TvcleanError(f"--port {port}: already in use; choose another or leave "
                                    f"--port out for a free one") from None
@@ -91,6 +97,16 @@ class ReviewServer(ThreadingHTTPServer):
         if self._state is None:
             raise RuntimeError("ReviewServer.load() first")
         return self._state
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the review lock
+            self._lock = -1
+
+    @property
+    def loaded(self) -> bool:
+        return self._state is not None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
@@ -118,8 +134,9 @@ def open_review(run: str | Path | RunDir, port: int = 0) -> ReviewServer:
 
 
 def serve_review(run: str | Path | RunDir, port: int = 0, open_browser: bool = True,
-                 announce: Callable[[ReviewServer], None] | None = None) -> ReviewState:
-    """Serve the review app of `run` until Ctrl-C; return its state (the counts).
+                 announce: Callable[[ReviewServer], None] | None = None) -> ReviewState | None:
+    """Serve the review app of `run` until Ctrl-C; return its state (the counts; None when
+    stopped before the run was read).
 
     port: 0 = a free one. open_browser: open the page in the default browser.
     announce: called once the server listens, before the run is read (the CLI prints
@@ -142,7 +159,7 @@ def serve_review(run: str | Path | RunDir, port: int = 0, open_browser: bool = T
         server.server_close()
         if main:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    return server.state
+    return server.state if server.loaded else None
 
 
 def _stop(signum: int, frame: Any) -> None:
@@ -158,6 +175,7 @@ class HttpError(Exception):
 class ReviewHandler(BaseHTTPRequestHandler):
     server: ReviewServer
     server_version = "tvclean-review"
+    timeout = 30  # seconds a connection may stall (a body shorter than its Content-Length)
     sys_version = ""
     protocol_version = "HTTP/1.1"
 
@@ -250,8 +268,8 @@ class ReviewHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
         try:
             body = json.loads(self.rfile.read(length) or b"{}")
-        except (ValueError, UnicodeDecodeError):
-            raise HttpError(HTTPStatus.BAD_REQUEST, "not JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise HttpError(HTTPStatus.BAD_REQUEST, "not JSON (or nested too deep)") from None
         if not isinstance(body, dict):
             raise HttpError(HTTPStatus.BAD_REQUEST, "send a JSON object")
         return body
@@ -296,7 +314,9 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     def _post_review(self, body: dict[str, Any]) -> None:
         row = self._row(body.get("row"))
-        decision, label = body.get("decision", ""), body.get("label", "")
+        if "decision" not in body:
+            raise HttpError(HTTPStatus.BAD_REQUEST, 'say the decision ("" to undo)')
+        decision, label = body["decision"], body.get("label", "")
         if not isinstance(decision, str) or not isinstance(label, str):
             raise HttpError(HTTPStatus.BAD_REQUEST, "decision and label are strings")
         try:

@@ -284,6 +284,9 @@ class ReviewState:
         """Save a decision about image `row`: "clean" (keep), "dirty" (discard), "relabel"
         (to class `label`) or "" (no review: back to the computed decision)."""
         self.check_row(row)
+        if self.table.decision[row] == "error":
+            raise TvcleanError(f"{self.table.path[row]} could not be read: there is nothing "
+                               f"to decide")
         if decision not in (*REVIEW_DECISIONS, ""):
             raise TvcleanError(f"a decision is one of {', '.join(REVIEW_DECISIONS)} or empty, "
                                f"got {decision!r}")

@@ -31,6 +31,7 @@ from ..errors import TvcleanError, one_line, os_error_cause
 OWN_DIR = ".tvclean"  # everything tvclean keeps for itself inside RUN
 MARKER = "run.json"
 LOCK = "lock"
+REVIEW_LOCK = "review.lock"  # held by a running `tvclean review` (one per run)
 MARKER_FORMAT = 1
 DEMO_MARKER = ".tvclean-demo.json"  # marks a `tvclean demo` folder (OUT/data + OUT/run)
 # Artifacts of runs made before the marker existed: such a run is adopted.
@@ -193,8 +194,17 @@ def locked(root: Path, what: str) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
-def _acquire(root: Path, what: str) -> int:
-    path = root / OWN_DIR / LOCK
+def review_lock(root: Path) -> int:
+    """Hold RUN's review lock (an open fd; close it to release): one review app per run, so
+    two pages never undo each other's decisions."""
+    return _acquire(root, "tvclean review", REVIEW_LOCK,
+                    "{root} is being reviewed by {holder}; stop that `tvclean review` first")
+
+
+def _acquire(root: Path, what: str, name: str = LOCK,
+             busy: str = "run directory {root} is in use by {holder}; wait for it to "
+                         "finish, or use another run directory") -> int:
+    path = root / OWN_DIR / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
@@ -206,8 +216,7 @@ def _acquire(root: Path, what: str) -> int:
         holder = _holder(fd)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise TvcleanError(f"run directory {root} is in use by {holder}; wait for it to "
-                               f"finish, or use another run directory") from None
+            raise TvcleanError(busy.format(root=root, holder=holder)) from None
         raise TvcleanError(f"cannot lock {path}: {os_error_cause(exc)}") from None
     record = f"PID {os.getpid()} ({what}, since {time.strftime('%H:%M:%S')})\n".encode()
     try:
