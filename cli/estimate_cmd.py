@@ -36,14 +36,16 @@ def estimate_command(run: str, config_file: str | None, as_json: bool, scheduler
     steps = int(result.count.sum())
     summary = {
         "run": run, "episodes": result.episodes, "subset": int(result.rows.size),
-        "validation": int(result.val_rows.size), "seconds": round(result.seconds, 3),
+        "validation": int(result.val_rows.size), "reviewed": int(result.review_rows.size),
+        "seconds": round(result.seconds, 3),
         "steps": steps, "negative": int(np.sum(result.mean < 0)),
     }
     if as_json:
         echo_json(summary)
     else:
         click.echo(f"estimated {summary['subset']} training-values over {result.episodes} "
-                   f"episodes ({steps} SGD steps, {summary['validation']} validation images) "
+                   f"episodes ({steps} SGD steps, {summary['validation']} validation images"
+                   + (f" + {summary['reviewed']} reviewed" if summary["reviewed"] else "") + ") "
                    f"in {result.seconds:.2f}s; {summary['negative']} are negative")
 
 

@@ -97,6 +97,8 @@ def test_reviewed_images_join_the_validation_set_and_leave_the_subset(run):
                             progress=False)
     np.testing.assert_array_equal(off.mean, plain.mean)
     assert off.review_rows.size == 0
+    said = invoke("estimate", run.root, *FAST[2:], "--use-reviews", "--episodes", "7")
+    assert "18 validation images + 4 reviewed)" in said  # the log: 22 (4 of them reviewed)
 
 
 def _arrays(run):

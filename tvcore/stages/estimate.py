@@ -28,7 +28,7 @@ from ..progress import Progress
 from ..rundir import FeatureSet, RunDir, load_features
 from ..rundir.estimates import save_estimates
 from ..rundir.features import check_inputs_outside
-from ..rundir.review import read_reviews
+from ..rundir.review import Review, read_reviews
 
 # Changing these does not change the values, so a checkpoint stays valid.
 # (use_reviews changes the problem's arrays, which the fingerprint covers.)
@@ -84,11 +84,13 @@ class _Checkpoint:
                         **acc.state())
 
 
-def reviewed_rows(run: RunDir, features: FeatureSet
+def reviewed_rows(run: RunDir, features: FeatureSet, reviews: dict[str, Review] | None = None
                   ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """(every reviewed training row, (rows, labels) of those a person says are labeled
-    correctly: kept or relabelled) from RUN/review.csv; (None, None) without reviews."""
-    reviews = read_reviews(run, features.class_names)
+    correctly: kept or relabelled) from RUN/review.csv (or `reviews`, as read from it);
+    (None, None) without reviews."""
+    if reviews is None:
+        reviews = read_reviews(run, features.class_names)
     if not reviews:
         return None, None
     train, index = features.train, {name: k for k, name in enumerate(features.class_names)}
