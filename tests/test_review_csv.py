@@ -27,7 +27,7 @@ def test_last_decision_wins_and_undo_forgets(run):
     assert (reviews["cat/a.png"].decision, reviews["cat/a.png"].label) == ("clean", "cat")
     assert (reviews["cat/b.png"].decision, reviews["cat/b.png"].label) == ("relabel", "dog")
     lines = review_path(run).read_text().splitlines()
-    assert lines[0] == "time,path,decision,label" and len(lines) == 6  # nothing rewritten
+    assert lines[0] == "time,path,decision,label,sha256" and len(lines) == 6  # none rewritten
 
 
 def test_names_with_commas_quotes_and_html_round_trip(run):
@@ -65,13 +65,13 @@ def test_the_next_decision_after_a_torn_line_is_saved_whole(run):
     reviews = read_reviews(run)
     assert set(reviews) == {"cat/a.png", "cat/c.png"}
     lines = review_path(run).read_text().splitlines()
-    assert len(lines) == 3 and lines[-1].endswith(",cat/c.png,dirty,")
+    assert len(lines) == 3 and lines[-1].endswith(",cat/c.png,dirty,,")
 
 
 def test_a_torn_header_is_written_again(run):
     review_path(run).write_text("time,pa")
     append_review(run, "cat/a.png", "dirty")
-    assert review_path(run).read_text().startswith(HEADER)
+    assert review_path(run).read_text().startswith("time,path,decision,label,sha256\n")
     assert set(read_reviews(run)) == {"cat/a.png"}
 
 
@@ -118,3 +118,18 @@ def test_a_pipe_or_a_link_is_refused_at_once(run, tmp_path):
     for call in (lambda: read_reviews(run), lambda: append_review(run, "cat/b.png", "dirty")):
         with pytest.raises(TvcleanError, match="is not a regular file"):
             call()
+
+
+def test_a_review_is_of_the_picture_it_was_made_of(run, tmp_path):
+    """Reviews are kept by name; the file's content says whether it is still that picture."""
+    from tvcore.io.modelzoo import sha256_file
+    image = tmp_path / "a.png"
+    image.write_bytes(b"first picture")
+    append_review(run, "cat/a.png", "dirty", sha256=sha256_file(image))
+    review = read_reviews(run)["cat/a.png"]
+    assert review.sha256 == sha256_file(image) and review.is_of(image)
+    image.write_bytes(b"another picture, same name")
+    assert not review.is_of(image)
+    assert not review.is_of(tmp_path / "gone.png")
+    review_path(run).write_text(HEADER + "t,cat/a.png,dirty,\n")  # written before the column
+    assert read_reviews(run)["cat/a.png"].is_of(image)  # nothing recorded: it counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,24 @@ def test_filter_trusts_reviewed_images_as_validation(run):
 def _last_posterior_line(run):
     return [line for line in run.log_path.read_text().splitlines()
             if "filter: posterior rule:" in line][-1]
+
+
+def test_a_review_of_a_picture_since_replaced_is_not_applied(run):
+    """The same file name, another picture (the data folder changed): neither filter nor
+    estimate takes the old review for it."""
+    from tvcore.io.modelzoo import sha256_file
+    invoke("estimate", run.root, *FAST)
+    invoke("filter", run.root, "--output", "none")
+    frame = tvcore.load_training_values(run.root)
+    kept, replaced = frame.index[0], frame.index[1]
+    for i in (kept, replaced):
+        append_review(run, frame.loc[i, "path"], "relabel", "cat",
+                      sha256=sha256_file(frame.loc[i, "abs_path"]))
+    Path(frame.loc[replaced, "abs_path"]).write_bytes(b"another picture")
+    est = tvcore.estimate(run.root, progress=False)
+    assert est.review_rows.tolist() == [kept]
+    invoke("filter", run.root, "--output", "none")
+    after = tvcore.load_training_values(run.root)
+    assert after.loc[kept, "decision_source"] == "reviewed"
+    assert after.loc[replaced, "decision_source"] == "computed"
+    assert "files changed since they were reviewed" in run.log_path.read_text()

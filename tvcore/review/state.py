@@ -22,9 +22,16 @@ from ..atomicfile import read_json
 from ..engine.decisions import SET_ASIDE
 from ..engine.posterior import label_probability
 from ..errors import TvcleanError
+from ..io.modelzoo import sha256_file
 from ..rundir import RunDir, TrainingValues, load_features, read_training_values
 from ..rundir.ownership import marker_path
-from ..rundir.review import REVIEW_DECISIONS, Review, append_review, read_reviews, review_path
+from ..rundir.review import (
+    REVIEW_DECISIONS,
+    Review,
+    append_review,
+    read_reviews,
+    review_path,
+)
 from .queue import decision_margin, review_queue
 
 VIEWS = ("next", "discarded", "borderline", "class", "suggested", "unreadable", "reviewed", "all")
@@ -109,8 +116,9 @@ class ReviewState:
         if saved:
             row_of = {path: i for i, path in enumerate(table.path)}
             for review in saved:
-                if review.path in row_of:
-                    self.reviews[row_of[review.path]] = review
+                row = row_of.get(review.path)
+                if row is not None and review.is_of(table.abs_path[row]):
+                    self.reviews[row] = review  # (a review of an earlier picture is not)
         self.reviewed = np.zeros(len(table), bool)
         self.reviewed[list(self.reviews)] = True
         self.history: list[tuple[int, Review | None]] = []  # (row, review before) for undo
@@ -316,11 +324,20 @@ class ReviewState:
         elif decision == "dirty":
             label = ""
         path = self.table.path[row]
-        append_review(self.run, path, decision, label, self.classes)  # on disk before we go on
+        content = self._content(row) if decision else ""
+        append_review(self.run, path, decision, label, self.classes, content)  # on disk first
         self.reviews.pop(row, None)
         if decision:
-            self.reviews[row] = Review(path=path, decision=decision, label=label, time="")
+            self.reviews[row] = Review(path=path, decision=decision, label=label, time="",
+                                       sha256=content)
         self.reviewed[row] = bool(decision)
+
+    def _content(self, row: int) -> str:
+        """The image file's sha256 ("" if it cannot be read now: the review still counts)."""
+        try:
+            return sha256_file(self.table.abs_path[row])
+        except OSError:
+            return ""
 
     def check_row(self, row: int) -> None:
         if not 0 <= row < len(self):

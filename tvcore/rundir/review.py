@@ -1,14 +1,17 @@
 """RUN/review.csv: the decisions a person made, appended one line at a time.
 
-    time,path,decision,label
-    2026-12-02T14:03:11,shirt/img00017.png,dirty,
-    2026-12-02T14:03:15,shirt/img00020.png,relabel,pullover
-    2026-12-02T14:03:19,shirt/img00017.png,,            <- undo: back to the computed decision
+    time,path,decision,label,sha256
+    2026-12-02T14:03:11,shirt/img00017.png,dirty,,9f86d0...
+    2026-12-02T14:03:15,shirt/img00020.png,relabel,pullover,60303a...
+    2026-12-02T14:03:19,shirt/img00017.png,,,            <- undo: back to the computed decision
 
 path is the image as training_values.csv gives it (`path`); decision is
 "clean" (the given label is right: keep), "dirty" (discard), "relabel" (keep
 it under `label`, a class name) or "" (no review: the computed decision
-applies again). The last line of an image wins. Each line is written with one
+applies again); sha256 is the image file's content when it was reviewed (empty:
+not recorded, as in files written by hand or before it existed): a review of a
+file that has changed since is of another picture and is not applied. The
+last line of an image wins. Each line is written with one
 append and flushed to disk before the call returns, so a crash or kill -9 of
 the writer loses no saved decision; a torn last line (a power cut mid-write)
 is ignored when read and cut off by the next append. A line that is not a
@@ -30,11 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TvcleanError, os_error_cause
+from ..io.modelzoo import sha256_file
 from .run import RunDir
 from .tables import ISSUE_DECISIONS, TrainingValues
 
 REVIEW = "review.csv"
-COLUMNS = ("time", "path", "decision", "label")
+COLUMNS = ("time", "path", "decision", "label")  # needed; WRITTEN adds the optional ones
+WRITTEN = (*COLUMNS, "sha256")
 REVIEW_DECISIONS = ("clean", "dirty", "relabel")
 _APPEND_LOCK = threading.Lock()  # one writer thread at a time within a process
 
@@ -47,6 +52,17 @@ class Review:
     decision: str  # "clean", "dirty" or "relabel"
     label: str  # the class the person says it is (the given one for "clean"); "" for "dirty"
     time: str
+    sha256: str = ""  # the file's content when reviewed ("" = not recorded)
+
+    def is_of(self, image: str | Path) -> bool:
+        """Whether this review is of the file `image` as it is now (True when no content
+        was recorded; False when the file changed or is gone)."""
+        if not self.sha256:
+            return True
+        try:
+            return sha256_file(image) == self.sha256
+        except OSError:
+            return False
 
 
 def review_path(run: RunDir) -> Path:
@@ -54,10 +70,12 @@ def review_path(run: RunDir) -> Path:
 
 
 def append_review(run: RunDir, path: str, decision: str, label: str = "",
-                  classes: Iterable[str] | None = None) -> None:
+                  classes: Iterable[str] | None = None, sha256: str = "") -> None:
     """Append one decision ("" = undo) for the image `path` (as in training_values.csv).
 
-    classes: the run's class names, to check a relabel's target. Writers (threads,
+    classes: the run's class names, to check a relabel's target; sha256: the image
+    file's content (sha256_file), so that a later picture under the same name is not
+    taken as reviewed. Writers (threads,
     or two review servers) take turns by a lock on the file; an unterminated last
     line is ended first if it is a whole row, else (a torn write) cut off, so the
     new line never runs into it.
@@ -78,7 +96,7 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 os.write(fd, _append_bytes(fd, (time.strftime("%Y-%m-%dT%H:%M:%S"), path,
-                                                decision, label)))
+                                                decision, label, sha256)))
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -96,13 +114,13 @@ def _open_regular(target: Path, flags: int) -> int:
     return fd
 
 
-def _append_bytes(fd: int, row: tuple[str, str, str, str]) -> bytes:
+def _append_bytes(fd: int, row: tuple[str, ...]) -> bytes:
     """The bytes to append for `row`: the header first in an empty file; a newline first
     after an unterminated whole row; a torn unterminated line cut off (ftruncate)."""
     size = os.fstat(fd).st_size
     prefix = b""
     if size == 0:
-        prefix = _csv_line(COLUMNS)
+        prefix = _csv_line(WRITTEN)
     else:
         tail_start = _last_line_start(fd, size)
         if tail_start < size:  # the file does not end with a newline
@@ -113,7 +131,7 @@ def _append_bytes(fd: int, row: tuple[str, str, str, str]) -> bytes:
                 prefix = b"\n"
             except ValueError:
                 os.ftruncate(fd, tail_start)
-                prefix = b"" if tail_start else _csv_line(COLUMNS)
+                prefix = b"" if tail_start else _csv_line(WRITTEN)
     return prefix + _csv_line(row)
 
 
@@ -143,23 +161,26 @@ def _header(line: str) -> dict[str, int]:
         raise ValueError(f"its header cannot be read as CSV ({exc})") from None
     if set(COLUMNS) - set(names):
         raise ValueError(f"needs the columns {', '.join(COLUMNS)}")
-    return {name: names.index(name) for name in COLUMNS}
+    return {name: names.index(name) for name in WRITTEN if name in names}
 
 
-def _row(line: str, header: dict[str, int]) -> tuple[str, str, str, str]:
-    """(time, path, decision, label) of one line; ValueError saying what is wrong with it."""
+def _row(line: str, header: dict[str, int]) -> tuple[str, str, str, str, str]:
+    """(time, path, decision, label, sha256) of one line; ValueError saying what is wrong
+    with it."""
     try:
         fields = next(csv.reader([line.rstrip("\r")], strict=True), [])
     except csv.Error as exc:
         raise ValueError(f"cannot be read as CSV ({exc})") from None
-    width = max(header.values()) + 1
+    width = max(header[name] for name in COLUMNS) + 1  # an optional last one may be missing
     if len(fields) < width:
         raise ValueError(f"has {len(fields)} fields; the header names {width}")
     time_, path, decision, label = (fields[header[name]] for name in COLUMNS)
+    where = header.get("sha256", len(fields))
+    sha256 = fields[where] if where < len(fields) else ""
     if decision not in (*REVIEW_DECISIONS, "") and (time_, path, decision, label) != COLUMNS:
         raise ValueError(f"decision {decision!r} is not one of "
                          f"{', '.join(REVIEW_DECISIONS)} or empty")
-    return time_, path, decision, label
+    return time_, path, decision, label, sha256
 
 
 def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str, Review]:
@@ -185,7 +206,7 @@ def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str,
         if not line.strip():
             continue
         try:
-            time_, path, decision, label = _row(line, header)
+            time_, path, decision, label, sha256 = _row(line, header)
             if decision == "relabel" and known is not None and label not in known:
                 raise ValueError(f"relabels {path} as {label!r}, which is not a class of this "
                                  f"run")
@@ -199,7 +220,8 @@ def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str,
         if decision == "":
             current.pop(path, None)
         else:
-            current[path] = Review(path=path, decision=decision, label=label, time=time_)
+            current[path] = Review(path=path, decision=decision, label=label, time=time_,
+                                   sha256=sha256)
     return current
 
 
@@ -224,13 +246,14 @@ def apply_reviews(table: TrainingValues, reviews: dict[str, Review]) -> int:
 
     clean: kept under its given label; dirty: discarded; relabel: kept under
     the reviewed label. Unreadable images keep "error". Returns how many
-    reviews name no image of the table (the data changed since).
+    reviews name no image of the table, or a file whose content changed since (the
+    data changed: they are not applied).
     """
     rows = {path: i for i, path in enumerate(table.path)}
     unknown = 0
     for path, review in reviews.items():
         i = rows.get(path)
-        if i is None:
+        if i is None or not review.is_of(table.abs_path[i]):
             unknown += 1
             continue
         if table.decision[i] == "error":

@@ -98,8 +98,8 @@ def reviewed_rows(run: RunDir, features: FeatureSet, reviews: dict[str, Review] 
     reviewed, correct, labels = [], [], []
     for path, review in reviews.items():
         i = rows.get(path)
-        if i is None or not train.ok[i]:
-            continue
+        if i is None or not train.ok[i] or not review.is_of(train.paths[i]):
+            continue  # not in this run, unreadable, or a review of an earlier picture
         reviewed.append(i)
         if review.decision in ("clean", "relabel"):
             correct.append(i)

@@ -125,7 +125,8 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     unknown = apply_reviews(table, reviews)
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
-                        f"this run's training set; they were ignored")
+                        f"this run's training set, or files changed since they were reviewed; "
+                        f"they were ignored")
     # The split first: if it fails (a full disk, a name in the way), training_values.csv and
     # config.toml still describe the folders as they are.
     split = write_split_dataset(run, _placements(features, table, full.filter.prefix_values),
