@@ -110,7 +110,7 @@ def test_a_pipe_or_a_link_is_refused_at_once(run, tmp_path):
     outside.write_text(HEADER + "t,cat/a.png,dirty,\n")
     review_path(run).symlink_to(outside)
     for call in (lambda: read_reviews(run), lambda: append_review(run, "cat/b.png", "dirty")):
-        with pytest.raises(TvcleanError, match="review.csv"):
+        with pytest.raises(TvcleanError, match="review.csv is a symbolic link"):
             call()
     assert outside.read_text() == HEADER + "t,cat/a.png,dirty,\n"
     review_path(run).unlink()

@@ -22,6 +22,7 @@ error naming the line (the file is also edited by hand).
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import io
 import os
@@ -107,7 +108,13 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
 
 def _open_regular(target: Path, flags: int) -> int:
     """os.open that never follows a link or waits on a pipe, and refuses what is not a file."""
-    fd = os.open(target, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    try:
+        fd = os.open(target, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise TvcleanError(f"{target} is a symbolic link; tvclean reads and writes only "
+                               f"its own file there: move the link out of the run") from None
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise TvcleanError(f"{target} is not a regular file; move it out of the run")
