@@ -133,3 +133,14 @@ def test_a_review_is_of_the_picture_it_was_made_of(run, tmp_path):
     assert not review.is_of(tmp_path / "gone.png")
     review_path(run).write_text(HEADER + "t,cat/a.png,dirty,\n")  # written before the column
     assert read_reviews(run)["cat/a.png"].is_of(image)  # nothing recorded: it counts
+
+
+@pytest.mark.parametrize("torn", ["t,cat/b.png,relabel,do", "t,cat/b.png,dirty,,9f86d0"])
+def test_a_line_torn_inside_its_last_columns_is_not_taken_for_a_row(run, torn):
+    """A line cut in its label or its sha256 parses, but lacks columns or hash digits."""
+    append_review(run, "cat/a.png", "dirty", sha256="0" * 64)
+    with open(review_path(run), "a") as fh:
+        fh.write(torn)
+    assert set(read_reviews(run, classes=["cat", "dog"])) == {"cat/a.png"}
+    append_review(run, "cat/c.png", "dirty")
+    assert set(read_reviews(run, classes=["cat", "dog"])) == {"cat/a.png", "cat/c.png"}

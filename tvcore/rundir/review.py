@@ -76,10 +76,9 @@ def append_review(run: RunDir, path: str, decision: str, label: str = "",
 
     classes: the run's class names, to check a relabel's target; sha256: the image
     file's content (sha256_file), so that a later picture under the same name is not
-    taken as reviewed. Writers (threads,
-    or two review servers) take turns by a lock on the file; an unterminated last
-    line is ended first if it is a whole row, else (a torn write) cut off, so the
-    new line never runs into it.
+    taken as reviewed. Writers (threads, or two review servers) take turns by a lock
+    on the file; an unterminated last line is ended first if it is a whole row, else
+    (a torn write) cut off, so the new line never runs into it.
     """
     if decision not in (*REVIEW_DECISIONS, ""):
         raise TvcleanError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)} (or "
@@ -134,9 +133,12 @@ def _append_bytes(fd: int, row: tuple[str, ...]) -> bytes:
             head = os.pread(fd, min(size, 65536), 0).decode("utf-8-sig", "replace")
             tail = os.pread(fd, size - tail_start, tail_start).decode("utf-8", "replace")
             try:
-                _row(tail, _header(head.split("\n", 1)[0]))
-                prefix = b"\n"
+                complete = _complete(tail, _header(head.split("\n", 1)[0]))
             except ValueError:
+                complete = False
+            if complete:
+                prefix = b"\n"
+            else:
                 os.ftruncate(fd, tail_start)
                 prefix = b"" if tail_start else _csv_line(WRITTEN)
     return prefix + _csv_line(row)
@@ -190,6 +192,17 @@ def _row(line: str, header: dict[str, int]) -> tuple[str, str, str, str, str]:
     return time_, path, decision, label, sha256
 
 
+def _complete(line: str, header: dict[str, int]) -> bool:
+    """Whether an unterminated last line is a whole row, not a torn write: every column of
+    the header there, and a recorded sha256 of full length."""
+    try:
+        *_, sha256 = _row(line, header)
+        fields = next(csv.reader([line.rstrip("\r")], strict=True), [])
+    except (ValueError, csv.Error):
+        return False
+    return len(fields) > max(header.values()) and len(sha256) in (0, 64)
+
+
 def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str, Review]:
     """The current review of every reviewed image, by path (undone images are left out).
 
@@ -212,14 +225,14 @@ def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str,
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
+        if number - 1 == last and not _complete(line, header):
+            break  # an unterminated last line that is not a whole row: a torn write
         try:
             time_, path, decision, label, sha256 = _row(line, header)
             if decision == "relabel" and known is not None and label not in known:
                 raise ValueError(f"relabels {path} as {label!r}, which is not a class of this "
                                  f"run")
         except ValueError as exc:
-            if number - 1 == last:
-                break  # an unterminated last line that is not a whole row: a torn write
             raise TvcleanError(f"{target}, line {number}: {exc}; correct or delete that "
                                f"line") from None
         if (time_, path, decision, label) == COLUMNS:
