@@ -265,3 +265,29 @@ def test_extractor_features_split_over_streams_keep_order(extracted):
         together = extractor.features(images)
         assert extractor.features(images[:0]).shape == (0, 1280)
     np.testing.assert_allclose(together, features.val.features[:5], rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_changed_since_extraction_is_named_not_passed_as_up_to_date(tmp_path):
+    """The features of an image overwritten in place are of the old picture: a second
+    extract (or clean) on the run says so instead of reusing them."""
+    root = tmp_path / "data"
+    write_digit_tree(root / "train", per_class=4)
+    write_digit_tree(root / "val", per_class=2, offset=20)
+    run = tmp_path / "run"
+    extract(root, None, run, FAST, progress=False)
+    assert extract(root, None, run, FAST, progress=False).up_to_date
+    changed = sorted((root / "train" / "digit1").glob("*.png"))[0]
+    other = sorted((root / "train" / "digit2").glob("*.png"))[0]
+    before = changed.read_bytes()
+    changed.write_bytes(other.read_bytes())  # another picture under the same name
+    with pytest.raises(TvcleanError, match=f"{changed}.* changed since its features were "
+                                           f"extracted"):
+        extract(root, None, run, FAST, progress=False)
+    result = CliRunner().invoke(cli, ["clean", str(root), "-o", str(run), "--episodes", "2"])
+    assert result.exit_code == 1 and "changed since its features" in result.output
+    assert "Traceback" not in result.output and changed.read_bytes() == other.read_bytes()
+    changed.write_bytes(before)
+    os.utime(changed, ns=(0, 0))
+    for record in (run / "features").glob("*_files.npy"):  # a run from before the record
+        record.unlink()
+    assert extract(root, None, run, FAST, progress=False).up_to_date

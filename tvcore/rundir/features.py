@@ -6,6 +6,9 @@ extracted its rows go into <split>.npy.partial (memory-mapped, its space
 reserved up front so that a full disk is an error, not a crash) and
 <split>.progress.json records which row ranges are done, after those rows
 reached the file; a re-run continues from there, locally or on a cluster.
+<split>_files.npy records every image file's size and modification time as
+they were when its extraction began, so a finished run can tell that an image
+was overwritten since (its features would be of the old picture).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomicfile import atomic_write_json, load_npy, read_json
+from ..atomicfile import atomic_save_npy, atomic_write_json, load_npy, read_json
 from ..errors import TvcleanError, os_error_cause
 from .ownership import check_no_overlap
 from .run import RunDir
@@ -96,6 +99,37 @@ def check_inputs_outside(run: RunDir, features: FeatureSet | None = None) -> Non
     folders = [meta[k] for k in ("train_root", "val_root")
                if meta.get(k) and Path(meta[k]).suffix.lower() != ".csv"]
     check_no_overlap(run.root, [*folders, *meta.get("input_folders", [])])
+
+
+def file_stats(paths: Sequence[str]) -> np.ndarray:
+    """(n, 2) int64: each file's size and modification time in ns (-1, -1: cannot be read)."""
+    stats = np.full((len(paths), 2), -1, np.int64)
+    for i, path in enumerate(paths):
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        stats[i] = found.st_size, found.st_mtime_ns
+    return stats
+
+
+def save_file_stats(run: RunDir, split: str, stats: np.ndarray) -> None:
+    """Record the split's file_stats as they were when its extraction began."""
+    atomic_save_npy(run.features / f"{split}_files.npy", stats)
+
+
+def changed_file(run: RunDir, split: str, paths: Sequence[str]) -> str | None:
+    """The first of `paths` whose size or modification time differs from the record made
+    when the split was extracted; None when none does, or for a run made before the
+    record existed."""
+    record = run.features / f"{split}_files.npy"
+    if not record.exists():
+        return None
+    before = load_npy(record)
+    if before.shape != (len(paths), 2):
+        return paths[0] if paths else None
+    differs = np.flatnonzero((file_stats(paths) != before).any(axis=1))
+    return paths[int(differs[0])] if differs.size else None
 
 
 class SplitWriter:

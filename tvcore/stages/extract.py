@@ -29,7 +29,7 @@ from ..io.inference import FeatureExtractor
 from ..io.modelzoo import ModelSpec, resolve_model
 from ..progress import Progress
 from ..rundir import RunDir
-from ..rundir.features import SplitWriter
+from ..rundir.features import SplitWriter, changed_file, file_stats, save_file_stats
 from ..rundir.ownership import check_no_overlap, check_not_in_another_run
 from ..rundir.tables import read_index
 
@@ -118,8 +118,16 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
     fingerprint = _fingerprint(dataset, model, options.max_pixels)
     done = _finished_summary(run, fingerprint)
     if done is not None:
+        for split in dataset.splits:
+            changed = changed_file(run, split.name, split.paths)
+            if changed is not None:
+                raise TvcleanError(f"{changed} changed since its features were extracted into "
+                                   f"{run.features} (its size or modification time differs); "
+                                   f"the decisions there are of the old picture: clean into a "
+                                   f"new run directory")
         run.log("extract: features are up to date, nothing to do")
         return done
+    stats = {split.name: file_stats(split.paths) for split in dataset.splits}  # before reading
     run.features.mkdir(parents=True, exist_ok=True)
     run.save_config(config, ["extract"])
     run.log(f"extract: model {model.name} ({model.sha256[:12]}), {len(dataset.train)} train and "
@@ -143,7 +151,9 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
     summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=dim,
                              model=model.identity(), seconds=seconds,
                              splits={w.name: _split_summary(w, dataset) for w in writers})
-    _write_meta(run, summary, dataset, fingerprint, options.max_pixels)
+    for name, stat in stats.items():
+        save_file_stats(run, name, stat)
+    _write_meta(run, summary, dataset, fingerprint, options.max_pixels)  # last: marks it done
     for writer in writers:
         writer.discard_progress()
     for s in summary.splits.values():
