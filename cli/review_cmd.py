@@ -31,8 +31,8 @@ def review_command(run: str, port: int, no_open: bool) -> None:
     Every decision is saved at once in RUN/review.csv (append-only: a crash
     loses nothing saved; the last decision about an image wins). Run
     `tvclean filter RUN` afterwards to apply them. The server does not lock
-    the run, so other commands can run meanwhile; one review app per run at a time. Ctrl-C stops it. Needs
-    `tvclean filter` to have run.
+    the run, so other commands can run meanwhile; one review app runs per
+    run at a time. Ctrl-C stops it. Needs `tvclean filter` to have run.
     """
 
     def announce(server: ReviewServer) -> None:

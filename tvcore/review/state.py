@@ -22,13 +22,14 @@ from ..atomicfile import read_json
 from ..engine.decisions import SET_ASIDE
 from ..engine.posterior import label_probability
 from ..errors import TvcleanError
-from ..io.modelzoo import sha256_file
 from ..rundir import RunDir, TrainingValues, load_features, read_training_values
 from ..rundir.ownership import marker_path
 from ..rundir.review import (
     REVIEW_DECISIONS,
     Review,
     append_review,
+    content_of,
+    drop_changed,
     read_reviews,
     review_path,
 )
@@ -112,13 +113,15 @@ class ReviewState:
         self._errors: list[str] | None = None
         self._errors_lock = threading.Lock()
         self.reviews: dict[int, Review] = {}  # row -> its current review, oldest first
-        saved = sorted(read_reviews(run, self.classes).values(), key=lambda r: r.time)  # stable: file order
+        # a review of a file changed since is of an earlier picture: not shown as reviewed
+        current, _ = drop_changed(read_reviews(run, self.classes),
+                                  dict(zip(table.path, table.abs_path)))
+        saved = sorted(current.values(), key=lambda r: r.time)  # stable: file order
         if saved:
             row_of = {path: i for i, path in enumerate(table.path)}
             for review in saved:
-                row = row_of.get(review.path)
-                if row is not None and review.is_of(table.abs_path[row]):
-                    self.reviews[row] = review  # (a review of an earlier picture is not)
+                if review.path in row_of:
+                    self.reviews[row_of[review.path]] = review
         self.reviewed = np.zeros(len(table), bool)
         self.reviewed[list(self.reviews)] = True
         self.history: list[tuple[int, Review | None]] = []  # (row, review before) for undo
@@ -324,20 +327,13 @@ class ReviewState:
         elif decision == "dirty":
             label = ""
         path = self.table.path[row]
-        content = self._content(row) if decision else ""
+        content = content_of(self.table.abs_path[row]) if decision else ""  # "": counts
         append_review(self.run, path, decision, label, self.classes, content)  # on disk first
         self.reviews.pop(row, None)
         if decision:
             self.reviews[row] = Review(path=path, decision=decision, label=label, time="",
                                        sha256=content)
         self.reviewed[row] = bool(decision)
-
-    def _content(self, row: int) -> str:
-        """The image file's sha256 ("" if it cannot be read now: the review still counts)."""
-        try:
-            return sha256_file(self.table.abs_path[row])
-        except OSError:
-            return ""
 
     def check_row(self, row: int) -> None:
         if not 0 <= row < len(self):

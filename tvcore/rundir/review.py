@@ -29,7 +29,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,12 +58,25 @@ class Review:
     def is_of(self, image: str | Path) -> bool:
         """Whether this review is of the file `image` as it is now (True when no content
         was recorded; False when the file changed or is gone)."""
-        if not self.sha256:
-            return True
-        try:
-            return sha256_file(image) == self.sha256
-        except OSError:
-            return False
+        return not self.sha256 or content_of(image) == self.sha256
+
+
+def content_of(image: str | Path) -> str:
+    """The sha256 of the file `image` ("" when it cannot be read)."""
+    try:
+        return sha256_file(image)
+    except OSError:
+        return ""
+
+
+def drop_changed(reviews: dict[str, Review], images: Mapping[str, str | Path]
+                 ) -> tuple[dict[str, Review], int]:
+    """(the reviews still of their picture, how many were not): a review of a path in
+    `images` (path -> its file) whose file changed since is left out; reviews of other
+    paths are kept for the caller to match."""
+    kept = {path: review for path, review in reviews.items()
+            if path not in images or review.is_of(images[path])}
+    return kept, len(reviews) - len(kept)
 
 
 def review_path(run: RunDir) -> Path:
@@ -165,21 +178,25 @@ def _last_line_start(fd: int, size: int) -> int:
 def _header(line: str) -> dict[str, int]:
     """Column name -> position, from the header line; ValueError without the columns."""
     try:
-        names = next(csv.reader([line.rstrip("\r")], strict=True), [])
-    except csv.Error as exc:
-        raise ValueError(f"its header cannot be read as CSV ({exc})") from None
+        names = _fields(line)
+    except ValueError as exc:
+        raise ValueError(f"its header {exc}") from None
     if set(COLUMNS) - set(names):
         raise ValueError(f"needs the columns {', '.join(COLUMNS)}")
     return {name: names.index(name) for name in WRITTEN if name in names}
 
 
-def _row(line: str, header: dict[str, int]) -> tuple[str, str, str, str, str]:
-    """(time, path, decision, label, sha256) of one line; ValueError saying what is wrong
-    with it."""
+def _fields(line: str) -> list[str]:
+    """The CSV fields of one line; ValueError when it is not one CSV record."""
     try:
-        fields = next(csv.reader([line.rstrip("\r")], strict=True), [])
+        return next(csv.reader([line.rstrip("\r")], strict=True), [])
     except csv.Error as exc:
         raise ValueError(f"cannot be read as CSV ({exc})") from None
+
+
+def _row(fields: list[str], header: dict[str, int]) -> tuple[str, str, str, str, str]:
+    """(time, path, decision, label, sha256) of one line's fields; ValueError saying what
+    is wrong with them."""
     width = max(header[name] for name in COLUMNS) + 1  # an optional last one may be missing
     if len(fields) < width:
         raise ValueError(f"has {len(fields)} fields; the header names {width}")
@@ -196,9 +213,9 @@ def _complete(line: str, header: dict[str, int]) -> bool:
     """Whether an unterminated last line is a whole row, not a torn write: every column of
     the header there, and a recorded sha256 of full length."""
     try:
-        *_, sha256 = _row(line, header)
-        fields = next(csv.reader([line.rstrip("\r")], strict=True), [])
-    except (ValueError, csv.Error):
+        fields = _fields(line)
+        *_, sha256 = _row(fields, header)
+    except ValueError:
         return False
     return len(fields) > max(header.values()) and len(sha256) in (0, 64)
 
@@ -228,7 +245,7 @@ def read_reviews(run: RunDir, classes: Iterable[str] | None = None) -> dict[str,
         if number - 1 == last and not _complete(line, header):
             break  # an unterminated last line that is not a whole row: a torn write
         try:
-            time_, path, decision, label, sha256 = _row(line, header)
+            time_, path, decision, label, sha256 = _row(_fields(line), header)
             if decision == "relabel" and known is not None and label not in known:
                 raise ValueError(f"relabels {path} as {label!r}, which is not a class of this "
                                  f"run")
@@ -266,14 +283,14 @@ def apply_reviews(table: TrainingValues, reviews: dict[str, Review]) -> int:
 
     clean: kept under its given label; dirty: discarded; relabel: kept under
     the reviewed label. Unreadable images keep "error". Returns how many
-    reviews name no image of the table, or a file whose content changed since (the
-    data changed: they are not applied).
+    reviews name no image of the table (the data changed since). Reviews of files
+    changed since are left out before (drop_changed).
     """
     rows = {path: i for i, path in enumerate(table.path)}
     unknown = 0
     for path, review in reviews.items():
         i = rows.get(path)
-        if i is None or not review.is_of(table.abs_path[i]):
+        if i is None:
             unknown += 1
             continue
         if table.decision[i] == "error":

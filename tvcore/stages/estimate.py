@@ -28,7 +28,7 @@ from ..progress import Progress
 from ..rundir import FeatureSet, RunDir, load_features
 from ..rundir.estimates import save_estimates
 from ..rundir.features import check_inputs_outside
-from ..rundir.review import Review, read_reviews
+from ..rundir.review import Review, drop_changed, read_reviews
 
 # Changing these does not change the values, so a checkpoint stays valid.
 # (use_reviews changes the problem's arrays, which the fingerprint covers.)
@@ -87,10 +87,11 @@ class _Checkpoint:
 def reviewed_rows(run: RunDir, features: FeatureSet, reviews: dict[str, Review] | None = None
                   ) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
     """(every reviewed training row, (rows, labels) of those a person says are labeled
-    correctly: kept or relabelled) from RUN/review.csv (or `reviews`, as read from it);
-    (None, None) without reviews."""
+    correctly: kept or relabelled) from RUN/review.csv (or `reviews`, as read from it and
+    without the reviews of files changed since: drop_changed); (None, None) without reviews."""
     if reviews is None:
-        reviews = read_reviews(run, features.class_names)
+        images = dict(zip(features.train.given, features.train.paths))
+        reviews = drop_changed(read_reviews(run, features.class_names), images)[0]
     if not reviews:
         return None, None
     train, index = features.train, {name: k for k, name in enumerate(features.class_names)}
@@ -98,8 +99,8 @@ def reviewed_rows(run: RunDir, features: FeatureSet, reviews: dict[str, Review] 
     reviewed, correct, labels = [], [], []
     for path, review in reviews.items():
         i = rows.get(path)
-        if i is None or not train.ok[i] or not review.is_of(train.paths[i]):
-            continue  # not in this run, unreadable, or a review of an earlier picture
+        if i is None or not train.ok[i]:
+            continue
         reviewed.append(i)
         if review.decision in ("clean", "relabel"):
             correct.append(i)

@@ -23,7 +23,14 @@ from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
 from ..rundir.features import check_inputs_outside
-from ..rundir.review import Review, apply_reviews, final_label, read_reviews, review_path
+from ..rundir.review import (
+    Review,
+    apply_reviews,
+    drop_changed,
+    final_label,
+    read_reviews,
+    review_path,
+)
 from ..rundir.splitdata import placements, relative_name, write_split_dataset
 from ..rundir.tables import DECISIONS, TrainingValues, training_values_table, write_training_values
 from .estimate import reviewed_rows
@@ -114,7 +121,9 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     nets = train_valuenets(run, features, est, full, warnings)
     train = features.train
     view = FeatureView(train.features, est.center)
-    reviews = read_reviews(run, features.class_names)  # once: a page may save meanwhile
+    # read once (a page may save meanwhile), each reviewed file hashed once
+    reviews, changed = drop_changed(read_reviews(run, features.class_names),
+                                    dict(zip(features.train.given, features.train.paths)))
     trusted = trusted_images(run, features, full, reviews)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, features.n_classes,
                                 full.filter, trusted, full.valuenet.seed)
@@ -122,7 +131,7 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
         scored.info["trusted_reviewed"] = int(trusted.labels.size - features.val.ok_rows.size)
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
-    unknown = apply_reviews(table, reviews)
+    unknown = apply_reviews(table, reviews) + changed
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
                         f"this run's training set, or files changed since they were reviewed; "
@@ -158,7 +167,7 @@ def trusted_images(run: RunDir, features: FeatureSet, config: Config,
                    reviews: dict[str, Review] | None = None) -> Validation:
     """What the posterior rule may trust: the readable validation images and, with
     estimate.use_reviews, the training images a person kept or relabelled (`reviews`, as
-    read from RUN/review.csv; None: read it)."""
+    reviewed_rows takes them; None: read RUN/review.csv)."""
     reviewed = reviewed_rows(run, features, reviews)[1] if config.estimate.use_reviews else None
     return Validation.of(features.val, features.train.features, reviewed)
 
