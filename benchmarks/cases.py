@@ -19,6 +19,7 @@ a seed and its own parameters):
 - `longtail`: class sizes fall geometrically from the largest to the smallest
   (ratio >= 20:1 in the suite), then symmetric or pair noise.
 - `fewval`: only a few validation images per class, then symmetric or pair noise.
+- `uneven`: noise in some classes only (the others keep every label).
 
 Truth: `true` is the true class of every training image (-1: an image of no
 class in the label set); an image is noisy when its given label differs.
@@ -46,7 +47,7 @@ from .datasets import (
 )
 
 # Independent random streams per family, derived from the case seed.
-_STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5}
+_STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5, "uneven": 6}
 
 
 @dataclass
@@ -295,8 +296,26 @@ def fewval(dataset: str, seed: int, per_class: int = 20, kind: str = "symmetric"
     return Case(**fields)
 
 
+def uneven(dataset: str, seed: int, clean_share: float = 0.5, kind: str = "symmetric",
+           rate: float = 0.4) -> Case:
+    """Noise in some classes only: a seeded `clean_share` of the classes keep every label, the
+    others lose a fraction `rate` of theirs (symmetric or pair noise), as when some search
+    queries are precise and others are not."""
+    data = load_features(dataset)
+    fields = _base(data, f"{dataset} {kind} {rate:.0%} in {1 - clean_share:.0%} of the classes")
+    true = fields["true"]
+    keep = fields["given"].copy()
+    _apply_noise(fields, kind, rate, seed, confusable_pairs(dataset) if kind == "pair" else None)
+    n_clean = int(round(clean_share * data.n_classes))
+    clean = _rng(seed, "uneven").choice(data.n_classes, n_clean, replace=False)
+    untouched = np.isin(true, clean)
+    fields["given"][untouched] = keep[untouched]
+    fields["info"] = {"clean_classes": sorted(int(c) for c in clean)}
+    return Case(**fields)
+
+
 FAMILIES = {"symmetric": symmetric, "pair": pair, "labeller": labeller, "openset": openset,
-            "longtail": longtail, "fewval": fewval}
+            "longtail": longtail, "fewval": fewval, "uneven": uneven}
 
 
 @dataclass(frozen=True)
@@ -337,5 +356,14 @@ SUITE = [
     _spec("d-open-near", "digits", "openset", held_out=3, rate=0.2, labelling="nearest"),
     _spec("d-tail-pair", "digits", "longtail", ratio=20.0, kind="pair", rate=0.25),
     _spec("d-val10-sym", "digits", "fewval", per_class=10, kind="symmetric", rate=0.3),
+]
+# Low, absent and uneven noise: where a cleaner's false alarms are most of what it does.
+EXTRA = [
+    _spec("f-sym5", "fashion", "symmetric", rate=0.05),
+    _spec("f-clean", "fashion", "symmetric", rate=0.0),
+    _spec("f-uneven-sym", "fashion", "uneven", clean_share=0.5, kind="symmetric", rate=0.4),
+    _spec("f-uneven-pair", "fashion", "uneven", clean_share=0.7, kind="pair", rate=0.3),
+    _spec("d-sym5", "digits", "symmetric", rate=0.05),
+    _spec("d-uneven-pair", "digits", "uneven", clean_share=0.5, kind="pair", rate=0.3),
 ]
 QUICK = ["d-sym20", "d-lab-lr", "d-open-near", "d-tail-pair", "f-lab-lr"]

@@ -85,6 +85,20 @@ def test_longtail_sizes_and_fewval(toy):
     assert (np.bincount(few.val_y) == 3).all()
 
 
+def test_uneven_noise_leaves_the_clean_classes_untouched(toy):
+    case = cases.uneven("toy", 2, clean_share=0.5, kind="symmetric", rate=0.5)
+    clean = case.info["clean_classes"]
+    assert len(clean) == K // 2
+    in_clean = np.isin(case.true, clean)
+    assert not case.noisy[in_clean].any()
+    for k in set(range(K)) - set(clean):
+        assert case.noisy[case.true == k].mean() == pytest.approx(0.5, abs=0.2)
+    pair = cases.uneven("toy", 2, clean_share=0.25, kind="pair", rate=0.5)
+    flipped = pair.noisy
+    assert flipped.any() and (pair.given[flipped] == (pair.true[flipped] + 1) % K).all()
+    assert not flipped[np.isin(pair.true, pair.info["clean_classes"])].any()
+
+
 def test_worst_class_ratio():
     class Stub:
         n_classes, class_names = 2, ["a", "b"]
