@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--tolerance", type=float, default=TOLERANCE)
     parser.add_argument("--json", help="also write every case's rows to this JSON file")
     args = parser.parse_args(argv)
-    cases = (list(quality.SPECS) if args.cases == "all" else QUICK if args.cases == "quick"
+    cases = ([spec.key for spec in quality.SUITE] if args.cases == "all" else QUICK if args.cases == "quick"
              else args.cases.split(","))
     methods = args.methods.split(",")
     try:
