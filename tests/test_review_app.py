@@ -495,6 +495,33 @@ def run_table_path(run: RunDir, row: int) -> str:
     return read_training_values(run.training_values).abs_path[row]
 
 
+def test_a_table_row_naming_another_file_than_extraction_read_is_not_served(tmp_path):
+    from tvcore.rundir.tables import write_training_values
+
+    run = make_review_run(tmp_path)
+    elsewhere = tmp_path / "private" / "photo.png"
+    elsewhere.parent.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 200, np.uint8)).save(elsewhere)
+    table = read_training_values(run.training_values)
+    table.abs_path[0] = str(elsewhere)  # an edited (or foreign) training_values.csv
+    write_training_values(run.training_values, table)
+    server = open_review(run)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        status, _, body = authed(server, "/api/thumb?row=0&size=s")
+        assert status == 404 and b"another file than extraction read" in body
+        assert authed(server, "/api/thumb?row=2&size=s")[0] == 200  # the other rows are served
+        status, answer = post(server, "/api/review", {"row": 0, "decision": "dirty"})
+        assert status == 400 and "another file" in answer["error"]
+        assert not review_path(run).exists()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert len(list((run.own / "thumbnails").rglob("*.*"))) == 1  # row 2's only
+
+
 def test_the_server_does_not_hold_the_run_lock(server, run):
     with run.writing("filter"):  # `tvclean filter` may run while reviewing
         assert post(server, "/api/review", {"row": 0, "decision": "dirty"})[0] == 200

@@ -59,6 +59,13 @@ SECURITY_HEADERS = {
 }
 
 
+def _read_index(state: ReviewState) -> None:
+    try:
+        state.load_index()
+    except Exception:  # said again when a request needs the index
+        pass
+
+
 class ReviewServer(ThreadingHTTPServer):
     """A running review app for one run (bound to 127.0.0.1; `url` holds the token)."""
 
@@ -90,6 +97,9 @@ class ReviewServer(ThreadingHTTPServer):
     def load(self) -> ReviewState:
         """Read the run (its table, views and reviews); call before serve_forever."""
         self._state = ReviewState(self.run)
+        # the feature index (which file each row is, the unreadable files' errors) is read
+        # meanwhile, so the first thumbnails do not wait for it
+        threading.Thread(target=_read_index, args=(self._state,), daemon=True).start()
         return self._state
 
     @property
@@ -306,7 +316,11 @@ class ReviewHandler(BaseHTTPRequestHandler):
         state = self.server.state
         if state.table.decision[row] == "error":
             raise HttpError(HTTPStatus.NOT_FOUND, state.errors[row] or "unreadable image")
-        made = self.server.thumbnails.get(state.table.abs_path[row], size)
+        path = state.image_path(row)
+        if path is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, "training_values.csv names another file than "
+                                                  "extraction read for this row")
+        made = self.server.thumbnails.get(path, size)
         if not isinstance(made, Thumbnail):
             raise HttpError(HTTPStatus.NOT_FOUND, made)
         self._send(HTTPStatus.OK, made.content_type, made.data, method,

@@ -111,6 +111,7 @@ class ReviewState:
         self.threshold = float(run.resolve().filter.threshold)
         self.lock = threading.Lock()
         self._errors: list[str] | None = None
+        self._extracted: list[str] | None = None  # each row's file, as extraction read it
         self._errors_lock = threading.Lock()
         self.reviews: dict[int, Review] = {}  # row -> its current review, oldest first
         # a review of a file changed since is of an earlier picture: not shown as reviewed
@@ -135,6 +136,10 @@ class ReviewState:
     @property
     def errors(self) -> list[str]:
         """Why each image is unreadable ("" where it is not), from features/train_index.csv."""
+        return self.load_index()
+
+    def load_index(self) -> list[str]:
+        """Read the feature index once (each row's file and error); returns the errors."""
         with self._errors_lock:  # not self.lock: item() runs under it
             if self._errors is None:
                 features = load_features(self.run)
@@ -143,8 +148,16 @@ class ReviewState:
                         f"{self.run.training_values} has {len(self.table)} rows but "
                         f"features/train_index.csv has {len(features.train.errors)}: re-run "
                         f"`tvclean filter` on {self.run.root}")
+                self._extracted = list(features.train.paths)
                 self._errors = features.train.errors
             return self._errors
+
+    def image_path(self, row: int) -> str | None:
+        """The file behind a row, or None when training_values.csv names another file than
+        extraction read for it (an edited or foreign table: never served)."""
+        self.load_index()
+        path = self.table.abs_path[row]
+        return path if self._extracted is not None and self._extracted[row] == path else None
 
     # --- views --------------------------------------------------------------------------
 
@@ -327,7 +340,11 @@ class ReviewState:
         elif decision == "dirty":
             label = ""
         path = self.table.path[row]
-        content = content_of(self.table.abs_path[row]) if decision else ""  # "": counts
+        source = self.image_path(row)
+        if decision and source is None:
+            raise TvcleanError(f"{path}: training_values.csv names another file than "
+                               f"extraction read; re-run `tvclean filter` on {self.run.root}")
+        content = content_of(source) if decision and source else ""  # "": counts
         append_review(self.run, path, decision, label, self.classes, content)  # on disk first
         self.reviews.pop(row, None)
         if decision:
