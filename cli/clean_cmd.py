@@ -66,7 +66,8 @@ def clean_command(train: str, val: str | None, run: str, config_file: str | None
     """
     with open_cluster(scheduler, workers) as cluster:
         result = clean(train, val, run, run_config(config_file, options, run), cluster=cluster)
-    for warning in result.estimates.warnings + result.filter.warnings:
+    for warning in (result.extract.warnings + result.estimates.warnings
+                    + result.filter.warnings):
         info(f"warning: {warning}")
     if as_json:
         echo_json({"run": str(result.run),

@@ -9,7 +9,7 @@ import click
 from tvcore.cluster import open_cluster
 from tvcore.stages.extract import ExtractSummary, extract
 
-from .common import echo_json, user_errors
+from .common import echo_json, info, user_errors
 from .options import build_config, cluster_options, config_file_option, stage_options
 
 ERRORS_SHOWN = 5
@@ -39,6 +39,8 @@ def extract_command(train: str, val: str | None, run: str, config_file: str | No
     config = build_config(config_file, options, run)
     with open_cluster(scheduler, workers) as cluster:
         summary = extract(train, val, run, config, cluster=cluster)
+    for warning in summary.warnings:
+        info(f"warning: {warning}")
     if as_json:
         echo_json(summary.to_dict())
     else:

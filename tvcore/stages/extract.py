@@ -26,7 +26,7 @@ from ..config import Config
 from ..errors import TvcleanError
 from ..io.dataset import Dataset, discover
 from ..io.inference import FeatureExtractor
-from ..io.modelzoo import ModelSpec, resolve_model
+from ..io.modelzoo import INT8_SATURATES, ModelSpec, int8_saturates, resolve_model
 from ..progress import Progress
 from ..rundir import RunDir
 from ..rundir.features import SplitWriter, changed_file, file_stats, save_file_stats
@@ -69,6 +69,7 @@ class ExtractSummary:
     splits: dict[str, SplitSummary]
     seconds: float = 0.0  # wall time of this call's extraction
     up_to_date: bool = False  # True: an earlier run had already finished everything
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def images(self) -> int:
@@ -77,7 +78,7 @@ class ExtractSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"run": str(self.run), "classes": self.classes, "dim": self.dim,
                 "model": self.model, "up_to_date": self.up_to_date,
-                "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3), "warnings": self.warnings,
                 "splits": {name: {**s.counts(), "errors": [list(e) for e in s.errors]}
                            for name, s in self.splits.items()}}
 
@@ -127,6 +128,9 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
                                    f"new run directory")
         run.log("extract: features are up to date, nothing to do")
         return done
+    warnings = [INT8_SATURATES] if model.precision == "int8" and int8_saturates() else []
+    for warning in warnings:
+        run.log(f"extract: warning: {warning}")
     stats = {split.name: file_stats(split.paths) for split in dataset.splits}  # before reading
     run.features.mkdir(parents=True, exist_ok=True)
     run.save_config(config, ["extract"])
@@ -150,7 +154,8 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
     seconds = time.perf_counter() - started
     summary = ExtractSummary(run=run.root, classes=dataset.classes, dim=dim,
                              model=model.identity(), seconds=seconds,
-                             splits={w.name: _split_summary(w, dataset) for w in writers})
+                             splits={w.name: _split_summary(w, dataset) for w in writers},
+                             warnings=warnings)
     for name, stat in stats.items():
         save_file_stats(run, name, stat)
     _write_meta(run, summary, dataset, fingerprint, options.max_pixels)  # last: marks it done
