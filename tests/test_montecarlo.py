@@ -268,3 +268,29 @@ def test_no_helper_process_on_a_warm_cache():
     from tvcore.engine import kernel_warmup, montecarlo
     montecarlo.compile_in_background(EstimateConfig()).join()
     assert kernel_warmup.start_loss_side_helper("float32") is None
+
+
+@pytest.mark.parametrize("shape", [(1500, 300, 256), (37, 11, 5), (512, 64, 64)])
+def test_the_gram_product_has_the_same_bits_on_any_thread_count(shape):
+    # a threaded BLAS may round by its thread count (OpenBLAS on AVX2: 1e-4 on a Gram
+    # matrix), which would make a resumed run differ from a straight one
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    n, m, d = shape
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, d)).astype(np.float32)
+    b = rng.standard_normal((m, d)).astype(np.float32)
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for blas, threads in ((None, before), (1, 1), (2, 2), (None, 1)):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            with threadpool_limits(blas):
+                results.append(montecarlo._fixed_product(a, b.T))
+    finally:
+        numba.set_num_threads(before)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    reference = a.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(results[0], reference, rtol=1e-5, atol=1e-4 * np.sqrt(d))

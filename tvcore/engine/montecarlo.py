@@ -145,7 +145,7 @@ class MonteCarloProblem:
 
     def _gram(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         lo, hi = self.blocks[block]
-        gram = self.sub_feats @ self.val_feats[lo:hi].T
+        gram = _fixed_product(self.sub_feats, self.val_feats[lo:hi].T)
         gram += 1  # the bias is a constant feature
         absmax = np.empty(self.n_sub, gram.dtype)
         bounds = self.block_bounds(block)
@@ -291,6 +291,35 @@ def _each_episode(kernel: Any, shared: Any, per_episode: Any, lr: float, out: An
     with ThreadPoolExecutor(threads) as pool:
         for _ in pool.map(run, range(out.shape[0])):
             pass  # re-raises a kernel's exception
+
+
+def _fixed_product(a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
+    """a @ b_t, the same bits whatever the number of threads.
+
+    A threaded BLAS may split a product differently by its thread count and
+    round differently (OpenBLAS's Haswell kernels: up to 1e-4 on the Gram
+    matrix, so a run resumed on another thread count would differ). Here rows
+    go in fixed chunks, each on one BLAS thread, the chunks spread over threads.
+    """
+    out = np.empty((a.shape[0], b_t.shape[1]), np.result_type(a, b_t))
+    starts = range(0, a.shape[0], _PRODUCT_ROWS)
+
+    def chunk(start: int) -> None:
+        stop = start + _PRODUCT_ROWS
+        np.matmul(a[start:stop], b_t, out=out[start:stop])
+
+    threads = min(numba.get_num_threads(), len(starts))
+    with threadpool_limits(1, user_api="blas"):
+        if threads <= 1:
+            for start in starts:
+                chunk(start)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(chunk, starts))
+    return out
+
+
+_PRODUCT_ROWS = 512  # rows per chunk of _fixed_product: part of the result's definition
 
 
 def _times_val(layer: np.ndarray, val_t: np.ndarray) -> np.ndarray:
