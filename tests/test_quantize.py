@@ -16,9 +16,15 @@ from imagefiles import photo
 
 from tvclean.main import cli
 from tvcore.errors import TvcleanError
-from tvcore.io.images import TFLITE_MEAN, TFLITE_STD, Preprocess
 from tvcore.io import modelzoo
-from tvcore.io.modelzoo import INT8_SATURATES, embedded_dir, int8_saturates, resolve_model, sha256_file
+from tvcore.io.images import TFLITE_MEAN, TFLITE_STD, Preprocess
+from tvcore.io.modelzoo import (
+    INT8_SATURATES,
+    embedded_dir,
+    int8_saturates,
+    resolve_model,
+    sha256_file,
+)
 
 needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnx") is None,
                                 reason="needs the onnx package (tvclean[quantize])")
@@ -364,19 +370,11 @@ def test_extract_warns_where_int8_saturates(tmp_path, monkeypatch, saturates):
     assert (INT8_SATURATES in (run / "log.txt").read_text()) == saturates
 
 
-def test_int8_saturates_reads_the_cpu_flags(monkeypatch, tmp_path):
-    import builtins
-    import platform
-
-    real_open = builtins.open
+def test_int8_saturates_reads_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
     for flags, expected in (("fpu avx2 fma", True), ("avx2 avx512f avx512_vnni", False),
                             ("avx2 avx_vnni", False)):
-        info = tmp_path / "cpuinfo"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(platform, "machine", lambda: "x86_64")
-        monkeypatch.setattr(builtins, "open", lambda path, *a, **k: real_open(
-            info if path == "/proc/cpuinfo" else path, *a, **k))
-        assert int8_saturates() is expected, flags
-        monkeypatch.setattr(builtins, "open", real_open)
-    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    assert int8_saturates() is False
+        assert int8_saturates(str(info), "x86_64") is expected, flags
+    assert int8_saturates(str(info), "aarch64") is False
+    assert int8_saturates(str(tmp_path / "none"), "x86_64") is False  # not known: no warning

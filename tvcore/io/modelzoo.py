@@ -416,17 +416,17 @@ def _check_network_allowed(url: str) -> None:
                            f"cannot download {url}")
 
 
-def int8_saturates() -> bool:
+def int8_saturates(cpuinfo: str = "/proc/cpuinfo", machine: str | None = None) -> bool:
     """True on an x86-64 CPU without VNNI (AVX2 or AVX-512 alone), where onnxruntime's
     u8s8 int8 kernels add pairs of products in 16 bits and saturate: the embedded int8 model's
     features then drift from fp32 (cosine 0.93-0.96 to fp32 measured, against 0.996 with
     VNNI)."""
     import platform
 
-    if platform.machine().lower() not in ("x86_64", "amd64"):
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64"):
         return False
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+        with open(cpuinfo, encoding="ascii", errors="replace") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
