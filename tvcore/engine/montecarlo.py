@@ -283,14 +283,20 @@ def _each_episode(kernel: Any, shared: Any, per_episode: Any, lr: float, out: An
         extra = () if workspace is None else (workspace(),)
         kernel(*shared, *(array[e] for array in per_episode), lr, out[e], *extra)
 
-    threads = min(numba.get_num_threads(), out.shape[0])
+    _on_threads(run, range(out.shape[0]))
+
+
+def _on_threads(function: Any, items: range) -> None:
+    """function(i) for every i in items, on numba.get_num_threads() threads at most (one:
+    in this thread); an exception in any call is raised here."""
+    threads = min(numba.get_num_threads(), len(items))
     if threads <= 1:
-        for e in range(out.shape[0]):
-            run(e)
+        for item in items:
+            function(item)
         return
     with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(run, range(out.shape[0])):
-            pass  # re-raises a kernel's exception
+        for _ in pool.map(function, items):
+            pass
 
 
 def _fixed_product(a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
@@ -308,14 +314,8 @@ def _fixed_product(a: np.ndarray, b_t: np.ndarray) -> np.ndarray:
         stop = start + _PRODUCT_ROWS
         np.matmul(a[start:stop], b_t, out=out[start:stop])
 
-    threads = min(numba.get_num_threads(), len(starts))
     with threadpool_limits(1, user_api="blas"):
-        if threads <= 1:
-            for start in starts:
-                chunk(start)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(chunk, starts))
+        _on_threads(chunk, starts)
     return out
 
 

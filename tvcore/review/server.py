@@ -43,7 +43,7 @@ from ..errors import TvcleanError, os_error_cause
 from ..rundir import RunDir
 from ..rundir.ownership import review_lock
 from . import assets
-from .state import VIEWS, ReviewState, check_review_run
+from .state import NOT_EXTRACTED, VIEWS, ReviewState, check_review_run
 from .thumbnails import SIZES, Thumbnail, Thumbnails
 
 HOST = "127.0.0.1"
@@ -318,8 +318,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             raise HttpError(HTTPStatus.NOT_FOUND, state.errors[row] or "unreadable image")
         path = state.image_path(row)
         if path is None:
-            raise HttpError(HTTPStatus.NOT_FOUND, "training_values.csv names another file than "
-                                                  "extraction read for this row")
+            raise HttpError(HTTPStatus.NOT_FOUND, NOT_EXTRACTED)
         made = self.server.thumbnails.get(path, size)
         if not isinstance(made, Thumbnail):
             raise HttpError(HTTPStatus.NOT_FOUND, made)

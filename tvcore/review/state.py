@@ -93,6 +93,9 @@ class Page:
                 "before": self.before, "next_offset": self.next_offset, "items": self.items}
 
 
+NOT_EXTRACTED = "training_values.csv names another file than extraction read for this row"
+
+
 class ReviewState:
     """One run opened for review: its table, the orders of its views and its reviews.
 
@@ -342,8 +345,8 @@ class ReviewState:
         path = self.table.path[row]
         source = self.image_path(row)
         if decision and source is None:
-            raise TvcleanError(f"{path}: training_values.csv names another file than "
-                               f"extraction read; re-run `tvclean filter` on {self.run.root}")
+            raise TvcleanError(f"{path}: {NOT_EXTRACTED}; re-run `tvclean filter` on "
+                               f"{self.run.root}")
         content = content_of(source) if decision and source else ""  # "": counts
         append_review(self.run, path, decision, label, self.classes, content)  # on disk first
         self.reviews.pop(row, None)
