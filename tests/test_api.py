@@ -76,6 +76,26 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_another(arrays, re
     assert not np.array_equal(other.frame["score"], reference.frame["score"])
 
 
+def test_reviews_on_arrays_decide_their_rows_and_join_the_validation_set(arrays):
+    x, y, val_x, val_y, flipped = arrays
+    wrong, right, gone = (int(r) for r in (np.flatnonzero(flipped)[0],
+                                           np.flatnonzero(~flipped)[0],
+                                           np.flatnonzero(~flipped)[1]))
+    other = (int(y[wrong]) + 1) % 3
+    reviewed = {wrong: other, right: int(y[right]), gone: None}
+    result = tvcore.training_values(x, y, val_x, val_y, FAST, reviewed=reviewed)
+    decisions = result.scored.decisions
+    assert (decisions[wrong], decisions[right], decisions[gone]) == ("relabel", "clean", "dirty")
+    assert result.scored.suggested[wrong] == other
+    assert not set(reviewed) & set(result.mc.rows.tolist())  # out of the Monte-Carlo subset
+    plain = tvcore.training_values(x, y, val_x, val_y, FAST)
+    assert set(reviewed) <= set(plain.mc.rows.tolist())
+    # the reviewed rows left the subset, two joined the validation set: the estimates moved
+    assert not np.array_equal(result.scored.scores, plain.scored.scores)
+    unreviewed = tvcore.training_values(x, y, val_x, val_y, FAST, reviewed={})
+    np.testing.assert_array_equal(unreviewed.scored.scores, plain.scored.scores)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda x, y, vx, vy: (np.vstack([x, x[:10]]), y, vx, vy),
      r"labels has 120 entries but features has 130 rows"),

@@ -79,15 +79,20 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
                                 config.filter, Validation.of(inputs.val, train.features, extra),
                                 config.valuenet.seed)
-    for row, label in reviewed.items():
-        given = int(train.labels[row])
-        scored.decisions[row] = "dirty" if label is None else (
-            "clean" if label == given else "relabel")
-        if label is not None and label != given:
-            scored.suggested[row] = label
+    apply_reviews(scored, train.labels, reviewed)
     return ValueResult(values=scored.values, scores=scored.scores, dirty=scored.dirty, mc=est,
                        nets=nets, scored=scored, inputs=inputs, warnings=warnings,
                        reviewed=reviewed)
+
+
+def apply_reviews(scored: Scored, given: np.ndarray, reviewed: Mapping[int, int | None]) -> None:
+    """Make a person's decisions the reviewed rows' decisions (in place): a class keeps the
+    image (relabelled when it is not the given one), None discards it."""
+    for row, label in reviewed.items():
+        scored.decisions[row] = "dirty" if label is None else (
+            "clean" if label == int(given[row]) else "relabel")
+        if label is not None and label != int(given[row]):
+            scored.suggested[row] = label
 
 
 def _review_rows(reviewed: dict[int, int | None], inputs: ValuationInputs
