@@ -292,6 +292,47 @@ def test_value_view_enters_the_stack():
     assert _f1(result.flagged, given != z) > _f1(without.flagged, given != z) + 0.1
 
 
+def test_reviewed_rows_train_the_trusted_classifier_but_not_the_calibration(monkeypatch):
+    # reviewed images are chosen (most uncertain first), not sampled: the stack, the class
+    # prior and the outlier reference must come from the validation sample alone
+    rng = np.random.default_rng(13)
+    X, given, z, V, vz = _data(rng, n_per_class=80)
+    rows = np.flatnonzero(z == 0)[:40]  # all of one class: a sample would never look so
+    V2, vz2 = np.concatenate([V, X[rows]]), np.concatenate([vz, z[rows]])
+    seen: dict = {}
+
+    def spy(name, func, pick):
+        def wrapped(*args, **kwargs):
+            seen[name] = pick(*args, **kwargs)
+            return func(*args, **kwargs)
+        monkeypatch.setattr(posterior, name, wrapped)
+
+    spy("fit_trusted", posterior.fit_trusted, lambda val, y, *a, **k: (y, a[-1]))
+    spy("fit_stack", posterior.fit_stack, lambda views, labels, K: labels)
+    spy("outlier_probability", posterior.outlier_probability, lambda *a: a[4])
+    result = label_decisions(X, given, V2, vz2, 4, reviewed=rows.size)
+    np.testing.assert_array_equal(seen["fit_trusted"][0], vz)
+    np.testing.assert_array_equal(seen["fit_trusted"][1][1], z[rows])  # ...but it learns them
+    np.testing.assert_array_equal(seen["fit_stack"], vz)
+    np.testing.assert_array_equal(seen["outlier_probability"], vz)
+    plain = label_decisions(X, given, V, vz, 4)
+    assert not np.array_equal(result.score, plain.score)
+    label_decisions(X, given, V2, vz2, 4)  # not said to be reviewed: all of it is the sample
+    np.testing.assert_array_equal(seen["fit_stack"], vz2)
+
+
+def test_the_trusted_classifier_learns_the_extra_images_and_scores_only_the_sample():
+    rng = np.random.default_rng(14)
+    val = rng.normal(size=(40, 2)) + np.repeat([[-2, 0], [2, 0]], 20, axis=0)
+    val_y = np.repeat([0, 1], 20)
+    extra = (rng.normal(size=(30, 2)) * 0.3 + [0, 3], np.zeros(30, np.int64))  # class 0 up there
+    model, _, cv = posterior.fit_trusted(val, val_y, 2, (10.0,), 3, 0, extra)
+    alone, _, cv_alone = posterior.fit_trusted(val, val_y, 2, (10.0,), 3, 0)
+    assert cv.shape == cv_alone.shape == (40, 2)
+    up = np.array([[0.0, 3.0]])
+    assert model.predict_proba(up)[0, 0] > 0.9 > alone.predict_proba(up)[0, 0]
+
+
 def test_same_seed_same_decisions_and_blocked_input():
     rng = np.random.default_rng(12)
     X, given, z, V, vz = _data(rng, n_per_class=80)

@@ -201,7 +201,7 @@ class EstimateConfig:
     use_reviews: bool = option(True, "Use the images a person reviewed (RUN/review.csv, "
                                      "`tvclean review`) as extra validation images, and leave "
                                      "them out of the Monte-Carlo subset (the filter's posterior "
-                                     "rule trusts them too): each round of review improves the "
+                                     "rule trains its trusted classifier on them too): each round of review improves the "
                                      "decisions of the images not yet reviewed.")
 
     def validate(self) -> EstimateConfig:

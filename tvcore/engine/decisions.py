@@ -171,6 +171,7 @@ class Validation:
 
     features: np.ndarray  # (m, D) as extracted (not normalised)
     labels: np.ndarray  # (m,) int64
+    reviewed: int = 0  # the last rows are reviewed training images (chosen, not sampled)
 
     @classmethod
     def of(cls, val: Any, train_features: Any,
@@ -182,7 +183,8 @@ class Validation:
         if reviewed is not None and reviewed[0].size:
             parts.append(np.asarray(train_features[reviewed[0]]))
             labels.append(reviewed[1])
-        return cls(features=np.concatenate(parts), labels=np.concatenate(labels))
+        return cls(features=np.concatenate(parts), labels=np.concatenate(labels),
+                   reviewed=sum(p.shape[0] for p in parts[1:]))
 
 
 def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,
@@ -251,7 +253,7 @@ def posterior_scored(features: FeatureView, labels: np.ndarray, ok_rows: np.ndar
         RowSubset(raw, ok_rows), labels[ok_rows], val_raw, validation.labels, n_classes,
         train_values=class_values(features, ok_rows, est, nets, n_classes),
         val_values=class_values(val_view, np.arange(val_raw.shape[0]), est, nets, n_classes),
-        value_scale=scale, center=center, options=options)
+        value_scale=scale, center=center, options=options, reviewed=validation.reviewed)
     n = labels.size
     scores = np.full(n, np.nan)
     decisions = np.full(n, "error", dtype=object)

@@ -11,7 +11,9 @@ data set at hand; nothing is tuned to a benchmark):
 
 1. Views of an image's true class, each a (K,) vector:
    - trusted: multinomial logistic regression fit on the validation images
-     only (C chosen by cross-validated log-loss there);
+     and the images a person reviewed (C chosen by cross-validated log-loss
+     on the validation images; reviewed images are chosen, not sampled, so
+     they train it but calibrate nothing in this rule);
    - neighbours: the given labels of the k most similar training images
      (the image itself left out);
    - values: every class's value net applied to the image (how much it would
@@ -175,11 +177,14 @@ def label_votes(neighbour_labels: np.ndarray, n_classes: int, alpha: float = 1.0
 
 
 def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequence[float],
-                folds: int, seed: int) -> tuple[Any, float, np.ndarray]:
+                folds: int, seed: int, extra: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[Any, float, np.ndarray]:
     """Logistic regression on the validation set, C chosen by cross-validated log-loss.
 
     Returns (model, C, cv_probabilities (m, K)): the probabilities of every
-    validation image come from a fold that did not see it.
+    validation image come from a fold that did not see it. extra: more
+    labelled images (features, labels) that every fit learns from but that
+    are not scored (reviewed images: chosen, not a sample of the data).
     """
     import warnings
 
@@ -199,27 +204,36 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequen
         split = list(splitter.split(val, val_y))
         best: tuple[float, float, np.ndarray] | None = None
         for C in grid:
-            cv = _held_out_probabilities(val, val_y, n_classes, C, split)
+            cv = _held_out_probabilities(val, val_y, n_classes, C, split, extra)
             loss = -np.log(np.clip(cv[np.arange(val_y.size), val_y], _EPS, 1)).mean()
             if best is None or loss < best[0]:
                 best = (float(loss), float(C), cv)
         assert best is not None
         _, C, cv = best
-        return LogisticRegression(C=C, max_iter=1000).fit(val, val_y), C, cv
+        X, y = _with_extra(val, val_y, np.arange(val_y.size), extra)
+        return LogisticRegression(C=C, max_iter=1000).fit(X, y), C, cv
+
+
+def _with_extra(val: np.ndarray, val_y: np.ndarray, rows: np.ndarray,
+                extra: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    if extra is None or extra[1].size == 0:
+        return val[rows], val_y[rows]
+    return np.concatenate([val[rows], extra[0]]), np.concatenate([val_y[rows], extra[1]])
 
 
 def _held_out_probabilities(val: np.ndarray, val_y: np.ndarray, n_classes: int, C: float,
-                            split: list) -> np.ndarray:
+                            split: list, extra: tuple[np.ndarray, np.ndarray] | None = None
+                            ) -> np.ndarray:
     """(m, K): each validation image's probabilities from the fold that left it out."""
     from sklearn.linear_model import LogisticRegression
 
     cv = np.full((val.shape[0], n_classes), _EPS)
     for fit_rows, held in split:
-        fit_y = val_y[fit_rows]
+        fit_X, fit_y = _with_extra(val, val_y, fit_rows, extra)
         if np.unique(fit_y).size < 2:  # a fold of one class (tiny sets) predicts it
             cv[np.ix_(held, fit_y[:1])] = 1.0 - _EPS
             continue
-        model = LogisticRegression(C=C, max_iter=1000).fit(val[fit_rows], fit_y)
+        model = LogisticRegression(C=C, max_iter=1000).fit(fit_X, fit_y)
         cv[np.ix_(held, model.classes_)] = model.predict_proba(val[held])
     return cv
 
@@ -477,7 +491,8 @@ def aligned_reference(reference: np.ndarray, bulk: np.ndarray) -> np.ndarray:
 def label_decisions(train_features: Any, train_labels: Any, val_features: Any, val_labels: Any,
                     n_classes: int, train_values: Any = None, val_values: Any = None,
                     value_scale: Any = None, center: Any = None,
-                    options: DecisionOptions | None = None) -> LabelDecisions:
+                    options: DecisionOptions | None = None, reviewed: int = 0
+                    ) -> LabelDecisions:
     """Decide every training image from the training-values and the validation set.
 
     train_features (n, D) (may be memory-mapped: read in blocks), train_labels
@@ -486,7 +501,11 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     images; value_scale (K,): each class's mean |Monte-Carlo value| (the
     view's unit); center (D,): the feature centre (default: the training
     mean). Without the value inputs the decision uses the validation set and
-    the neighbourhood alone.
+    the neighbourhood alone. reviewed: the last `reviewed` validation rows (and
+    values) are training images a person labelled. They were chosen (the
+    review queue takes the most uncertain first), not sampled, so they train
+    the trusted classifier, but the stack, the class prior and the outlier
+    reference, which need a sample of the data, come from the other rows.
     """
     options = options or DecisionOptions()
     given = np.asarray(train_labels, np.int64)
@@ -497,6 +516,11 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
         center = _mean_rows(train_features)
     train = FeatureView(train_features, np.asarray(center, np.float64))
     val = normalize(val_features, np.asarray(center, np.float64))
+    sample = val.shape[0] - int(reviewed)
+    person = (val[sample:], val_y[sample:])
+    val, val_y = val[:sample], val_y[:sample]
+    if val_values is not None:
+        val_values = np.asarray(val_values)[:sample]
     m = val.shape[0]
     rng = np.random.default_rng([options.seed, 7])
     pool_rows = (np.arange(n) if n <= options.pool
@@ -523,7 +547,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
 
     # 1. views of the true class, stacked on the validation set
     trusted, C, val_trusted = fit_trusted(val, val_y, K, options.trusted_C, options.folds,
-                                          options.seed)
+                                          options.seed, person)
     info["trusted_C"] = C
     views_train = [np.log(class_probabilities(trusted, train, K))]
     views_val = [np.log(val_trusted)]
