@@ -24,6 +24,7 @@ from tvcore.config import Config, EstimateConfig, ExtractConfig
 from tvcore.cores import available_cores
 from tvcore.engine import montecarlo
 from tvcore.errors import TvcleanError
+from tvcore.io.modelzoo import INT8_SATURATES, int8_saturates, int8_saturates_on_workers
 from tvcore.rundir import load_estimates, load_features
 from tvcore.rundir.features import SplitWriter, gaps
 from tvcore.stages.estimate import estimate
@@ -115,6 +116,16 @@ def test_int8_extract_on_the_cluster_equals_local_bitwise(cluster, images, tmp_p
     remote = extract(images, None, tmp_path / "cluster", config, progress=False, cluster=cluster)
     assert local.model["name"] == remote.model["name"] == "efficientnet-lite0-int8"
     same_features(tmp_path / "local", tmp_path / "cluster")
+    # the int8 warning is about the CPUs the inference ran on: here, the workers'
+    saturates = int8_saturates()
+    assert local.warnings == ([INT8_SATURATES] if saturates else [])
+    assert remote.warnings == ([int8_saturates_on_workers(2, 2)] if saturates else [])
+
+
+def test_a_fact_about_the_workers_machines_is_asked_of_each_worker(cluster):
+    here = os.getpid()
+    assert cluster.workers_where(lambda: os.getpid() != here) == (2, 2)
+    assert cluster.workers_where(lambda: False) == (0, 2)
 
 
 def _done(record) -> int:

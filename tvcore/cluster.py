@@ -96,6 +96,13 @@ class Cluster:
         hosts = Counter(_host(address) for address in self.client.nthreads())
         return ThreadPlan(requested, tuple(sorted(hosts.items())))
 
+    def workers_where(self, check: Callable[[], bool]) -> tuple[int, int]:
+        """(workers on which check() is true, workers that answered): a fact about each
+        worker's own machine (a worker that fails to answer is left out)."""
+        answers = self.client.run(check, on_error="return")
+        said = [value for value in answers.values() if isinstance(value, bool)]
+        return sum(said), len(said)
+
     def slots(self) -> int:
         """Worker threads in the cluster now (at least 1)."""
         return max(1, sum(self.client.nthreads().values()))

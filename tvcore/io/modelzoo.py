@@ -439,3 +439,10 @@ def int8_saturates(cpuinfo: str = "/proc/cpuinfo", machine: str | None = None) -
 INT8_SATURATES = ("this CPU has no VNNI instructions: onnxruntime's int8 kernels saturate on "
                   "it and int8 features drift from fp32 (cosine about 0.95); use "
                   "--precision fp32 here")
+
+
+def int8_saturates_on_workers(saturating: int, workers: int) -> str:
+    """The warning for a Dask cluster where `saturating` of `workers` lack VNNI."""
+    return (f"{saturating} of {workers} Dask workers run on CPUs without VNNI instructions: "
+            f"onnxruntime's int8 kernels saturate there and int8 features drift from fp32 "
+            f"(cosine about 0.95); use --precision fp32, or workers with VNNI")

@@ -26,7 +26,13 @@ from ..config import Config
 from ..errors import TvcleanError
 from ..io.dataset import Dataset, discover
 from ..io.inference import FeatureExtractor
-from ..io.modelzoo import INT8_SATURATES, ModelSpec, int8_saturates, resolve_model
+from ..io.modelzoo import (
+    INT8_SATURATES,
+    ModelSpec,
+    int8_saturates,
+    int8_saturates_on_workers,
+    resolve_model,
+)
 from ..progress import Progress
 from ..rundir import RunDir
 from ..rundir.features import SplitWriter, changed_file, file_stats, save_file_stats
@@ -112,6 +118,17 @@ def extract(train: str | Path, val: str | Path | None, run: str | Path | RunDir,
         return _extract(run, dataset, settings, progress, cluster)
 
 
+def _int8_warnings(cluster: Any) -> list[str]:
+    """Where int8 inference runs on a CPU whose int8 kernels saturate: this machine, or
+    (with a cluster) each worker's."""
+    if cluster is None:
+        return [INT8_SATURATES] if int8_saturates() else []
+    from ..cluster import as_cluster
+
+    saturating, workers = as_cluster(cluster).workers_where(int8_saturates)
+    return [int8_saturates_on_workers(saturating, workers)] if saturating else []
+
+
 def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | None,
              cluster: Any) -> ExtractSummary:
     options = config.extract
@@ -128,7 +145,7 @@ def _extract(run: RunDir, dataset: Dataset, config: Config, progress: bool | Non
                                    f"new run directory")
         run.log("extract: features are up to date, nothing to do")
         return done
-    warnings = [INT8_SATURATES] if model.precision == "int8" and int8_saturates() else []
+    warnings = _int8_warnings(cluster) if model.precision == "int8" else []
     for warning in warnings:
         run.log(f"extract: warning: {warning}")
     stats = {split.name: file_stats(split.paths) for split in dataset.splits}  # before reading
