@@ -47,7 +47,8 @@ from .datasets import (
 )
 
 # Independent random streams per family, derived from the case seed.
-_STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5, "uneven": 6}
+_STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5, "uneven": 6,
+            "catchall": 7}
 
 
 @dataclass
@@ -314,8 +315,23 @@ def uneven(dataset: str, seed: int, clean_share: float = 0.5, kind: str = "symme
     return Case(**fields)
 
 
+@functools.cache
+def catchall(dataset: str, seed: int, rate: float = 0.15) -> Case:
+    """Many-to-one noise: a fraction `rate` of the images of every other class carry the label
+    of one seeded class, as when one broad search query collects images of everything."""
+    data = load_features(dataset)
+    fields = _base(data, f"{dataset} {rate:.0%} of every class labelled as one")
+    rng = _rng(seed, "catchall")
+    target = int(rng.integers(data.n_classes))
+    true = fields["true"]
+    moved = (true >= 0) & (true != target) & (rng.random(true.size) < rate)
+    fields["given"][moved] = target
+    fields["info"] = {"catch_all_class": target}
+    return Case(**fields)
+
+
 FAMILIES = {"symmetric": symmetric, "pair": pair, "labeller": labeller, "openset": openset,
-            "longtail": longtail, "fewval": fewval, "uneven": uneven}
+            "longtail": longtail, "fewval": fewval, "uneven": uneven, "catchall": catchall}
 
 
 @dataclass(frozen=True)
@@ -357,7 +373,8 @@ SUITE = [
     _spec("d-tail-pair", "digits", "longtail", ratio=20.0, kind="pair", rate=0.25),
     _spec("d-val10-sym", "digits", "fewval", per_class=10, kind="symmetric", rate=0.3),
 ]
-# Low, absent and uneven noise: where a cleaner's false alarms are most of what it does.
+# Low, absent and uneven noise (where a cleaner's false alarms are most of what it does) and
+# many-to-one noise.
 EXTRA = [
     _spec("f-sym5", "fashion", "symmetric", rate=0.05),
     _spec("f-clean", "fashion", "symmetric", rate=0.0),
@@ -365,5 +382,7 @@ EXTRA = [
     _spec("f-uneven-pair", "fashion", "uneven", clean_share=0.7, kind="pair", rate=0.3),
     _spec("d-sym5", "digits", "symmetric", rate=0.05),
     _spec("d-uneven-pair", "digits", "uneven", clean_share=0.5, kind="pair", rate=0.3),
+    _spec("f-catchall", "fashion", "catchall", rate=0.15),
+    _spec("d-catchall", "digits", "catchall", rate=0.15),
 ]
 QUICK = ["d-sym20", "d-lab-lr", "d-open-near", "d-tail-pair", "f-lab-lr"]

@@ -99,6 +99,15 @@ def test_uneven_noise_leaves_the_clean_classes_untouched(toy):
     assert not flipped[np.isin(pair.true, pair.info["clean_classes"])].any()
 
 
+def test_catch_all_noise_moves_a_share_of_every_other_class_to_one(toy):
+    case = cases.catchall("toy", 3, rate=0.3)
+    target = case.info["catch_all_class"]
+    assert (case.given[case.noisy] == target).all()
+    assert not case.noisy[case.true == target].any()
+    for k in set(range(K)) - {target}:
+        assert case.noisy[case.true == k].mean() == pytest.approx(0.3, abs=0.15)
+
+
 def test_worst_class_ratio():
     class Stub:
         n_classes, class_names = 2, ["a", "b"]
