@@ -350,7 +350,12 @@ def test_user_errors_are_one_line():
     with pytest.raises(TvcleanError, match="training features have 24 dimensions, "
                                            "validation features 5"):
         label_decisions(X, given, V[:, :5], vz, 4)
-
+    # reviewed rows are not the sample: a class only they have has no validation image
+    last = np.argsort(vz == 3, kind="stable")  # class 3's images last
+    with pytest.raises(TvcleanError, match="class 3 has no validation image"):
+        label_decisions(X, given, V[last], vz[last], 4, reviewed=int((vz == 3).sum()))
+    with pytest.raises(TvcleanError, match="needs a validation sample besides them"):
+        label_decisions(X, given, V, vz, 4, reviewed=vz.size)
 
 
 def test_a_class_with_one_validation_image_still_works():

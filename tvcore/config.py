@@ -201,8 +201,9 @@ class EstimateConfig:
     use_reviews: bool = option(True, "Use the images a person reviewed (RUN/review.csv, "
                                      "`tvclean review`) as extra validation images, and leave "
                                      "them out of the Monte-Carlo subset (the filter's posterior "
-                                     "rule trains its trusted classifier on them too): each round of review improves the "
-                                     "decisions of the images not yet reviewed.")
+                                     "rule trains its trusted classifier on them too): each "
+                                     "round of review improves the decisions of the images not "
+                                     "yet reviewed.")
 
     def validate(self) -> EstimateConfig:
         _check_positive("estimate", self, "episodes", "epochs", "per_class",

@@ -511,7 +511,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     given = np.asarray(train_labels, np.int64)
     val_y = np.asarray(val_labels, np.int64)
     n, K = given.size, int(n_classes)
-    _check_inputs(train_features, given, val_features, val_y, K)
+    _check_inputs(train_features, given, val_features, val_y, K, int(reviewed))
     if center is None:
         center = _mean_rows(train_features)
     train = FeatureView(train_features, np.asarray(center, np.float64))
@@ -632,7 +632,7 @@ def _mean_rows(features: Any) -> np.ndarray:
 
 
 def _check_inputs(train_features: Any, given: np.ndarray, val_features: Any, val_y: np.ndarray,
-                  n_classes: int) -> None:
+                  n_classes: int, reviewed: int = 0) -> None:
     if train_features.shape[0] != given.size:
         raise TvcleanError(f"{train_features.shape[0]} training feature rows but {given.size} "
                            f"labels")
@@ -645,7 +645,10 @@ def _check_inputs(train_features: Any, given: np.ndarray, val_features: Any, val
     for name, labels in (("training", given), ("validation", val_y)):
         if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
             raise TvcleanError(f"{name} labels must lie in 0..{n_classes - 1}")
-    missing = np.setdiff1d(np.arange(n_classes), val_y)
+    if not 0 <= reviewed < val_y.size:
+        raise TvcleanError(f"{reviewed} of {val_y.size} validation images said to be reviewed: "
+                           f"the decision needs a validation sample besides them")
+    missing = np.setdiff1d(np.arange(n_classes), val_y[:val_y.size - reviewed])
     if missing.size:
         raise TvcleanError(f"class {int(missing[0])} has no validation image; the posterior "
                            f"decision needs every class in the validation set")
