@@ -59,8 +59,10 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     value}} overrides of the defaults. reviewed: what a person decided,
     {training row: its class index, or None to discard}: as in a run
     directory, those images are left out of the Monte-Carlo subset, the ones
-    with a class join the validation set (with that class), and their
-    decisions are the person's.
+    with a class join the validation set (with that class) of the
+    Monte-Carlo phase and of the decision rule's trusted classifier (not the
+    rule's calibration: they are chosen, not sampled), and their decisions
+    are the person's.
     """
     config = _config(config)
     inputs = from_arrays(train_features, train_labels, val_features, val_labels, classes)
