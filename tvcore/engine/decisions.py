@@ -180,11 +180,12 @@ class Validation:
         images a person says are labeled correctly: reviewed = (rows, their labels)."""
         rows = val.ok_rows
         parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
-        if reviewed is not None and reviewed[0].size:
+        n_reviewed = 0 if reviewed is None else int(reviewed[0].size)
+        if reviewed is not None and n_reviewed:
             parts.append(np.asarray(train_features[reviewed[0]]))
             labels.append(reviewed[1])
         return cls(features=np.concatenate(parts), labels=np.concatenate(labels),
-                   reviewed=sum(p.shape[0] for p in parts[1:]))
+                   reviewed=n_reviewed)
 
 
 def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,

@@ -210,15 +210,17 @@ def fit_trusted(val: np.ndarray, val_y: np.ndarray, n_classes: int, grid: Sequen
                 best = (float(loss), float(C), cv)
         assert best is not None
         _, C, cv = best
-        X, y = _with_extra(val, val_y, np.arange(val_y.size), extra)
+        X, y = _with_extra(val, val_y, None, extra)
         return LogisticRegression(C=C, max_iter=1000).fit(X, y), C, cv
 
 
-def _with_extra(val: np.ndarray, val_y: np.ndarray, rows: np.ndarray,
+def _with_extra(val: np.ndarray, val_y: np.ndarray, rows: np.ndarray | None,
                 extra: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The validation rows `rows` (None: all, not copied) and the extra images after them."""
+    X, y = (val, val_y) if rows is None else (val[rows], val_y[rows])
     if extra is None or extra[1].size == 0:
-        return val[rows], val_y[rows]
-    return np.concatenate([val[rows], extra[0]]), np.concatenate([val_y[rows], extra[1]])
+        return X, y
+    return np.concatenate([X, extra[0]]), np.concatenate([y, extra[1]])
 
 
 def _held_out_probabilities(val: np.ndarray, val_y: np.ndarray, n_classes: int, C: float,
@@ -510,13 +512,13 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     options = options or DecisionOptions()
     given = np.asarray(train_labels, np.int64)
     val_y = np.asarray(val_labels, np.int64)
-    n, K = given.size, int(n_classes)
-    _check_inputs(train_features, given, val_features, val_y, K, int(reviewed))
+    n, K, reviewed = given.size, int(n_classes), int(reviewed)
+    _check_inputs(train_features, given, val_features, val_y, K, reviewed)
     if center is None:
         center = _mean_rows(train_features)
     train = FeatureView(train_features, np.asarray(center, np.float64))
     val = normalize(val_features, np.asarray(center, np.float64))
-    sample = val.shape[0] - int(reviewed)
+    sample = val.shape[0] - reviewed
     person = (val[sample:], val_y[sample:])
     val, val_y = val[:sample], val_y[:sample]
     if val_values is not None:
