@@ -20,6 +20,9 @@ a seed and its own parameters):
   (ratio >= 20:1 in the suite), then symmetric or pair noise.
 - `fewval`: only a few validation images per class, then symmetric or pair noise.
 - `uneven`: noise in some classes only (the others keep every label).
+- `catchall`: many-to-one noise (a share of every class labelled as one class).
+- `ambiguous`: instance-dependent noise (the images that look most like
+  another class get that class, as annotators err).
 
 Truth: `true` is the true class of every training image (-1: an image of no
 class in the label set); an image is noisy when its given label differs.
@@ -48,7 +51,7 @@ from .datasets import (
 
 # Independent random streams per family, derived from the case seed.
 _STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5, "uneven": 6,
-            "catchall": 7}
+            "catchall": 7, "ambiguous": 8}
 
 
 @dataclass
@@ -330,8 +333,30 @@ def catchall(dataset: str, seed: int, rate: float = 0.15) -> Case:
     return Case(**fields)
 
 
+def ambiguous(dataset: str, seed: int, rate: float = 0.2) -> Case:
+    """Instance-dependent noise: annotators err on the images that look like another class.
+
+    A fraction `rate` of the images, drawn with weight 1 - p(true class) (a
+    classifier's out-of-fold probability on the clean labels, in the CNN's own
+    feature space), get the other class that classifier finds most likely.
+    """
+    data = load_features(dataset)
+    fields = _base(data, f"{dataset} ambiguous images mislabelled, {rate:.0%}")
+    probabilities = clean_probabilities(dataset)
+    true = fields["true"]
+    weight = np.clip(1.0 - probabilities[np.arange(true.size), true], 1e-6, None)
+    n_flip = int(round(rate * true.size))
+    flipped = _rng(seed, "ambiguous").choice(true.size, n_flip, replace=False,
+                                              p=weight / weight.sum())
+    others = probabilities[flipped].copy()
+    others[np.arange(n_flip), true[flipped]] = -1.0
+    fields["given"][flipped] = others.argmax(axis=1)
+    return Case(**fields)
+
+
 FAMILIES = {"symmetric": symmetric, "pair": pair, "labeller": labeller, "openset": openset,
-            "longtail": longtail, "fewval": fewval, "uneven": uneven, "catchall": catchall}
+            "longtail": longtail, "fewval": fewval, "uneven": uneven, "catchall": catchall,
+            "ambiguous": ambiguous}
 
 
 @dataclass(frozen=True)
@@ -384,5 +409,7 @@ EXTRA = [
     _spec("d-uneven-pair", "digits", "uneven", clean_share=0.5, kind="pair", rate=0.3),
     _spec("f-catchall", "fashion", "catchall", rate=0.15),
     _spec("d-catchall", "digits", "catchall", rate=0.15),
+    _spec("f-ambig20", "fashion", "ambiguous", rate=0.2),
+    _spec("d-ambig20", "digits", "ambiguous", rate=0.2),
 ]
 QUICK = ["d-sym20", "d-lab-lr", "d-open-near", "d-tail-pair", "f-lab-lr"]

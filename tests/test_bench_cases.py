@@ -108,6 +108,21 @@ def test_catch_all_noise_moves_a_share_of_every_other_class_to_one(toy):
         assert case.noisy[case.true == k].mean() == pytest.approx(0.3, abs=0.15)
 
 
+def test_ambiguous_noise_gives_the_least_certain_images_their_likeliest_other_class(
+        toy, monkeypatch):
+    rng = np.random.default_rng(5)
+    probabilities = rng.dirichlet(np.full(K, 0.3), size=toy.train_y.size)
+    monkeypatch.setattr(cases, "clean_probabilities", lambda name: probabilities)
+    case = cases.ambiguous("toy", 2, rate=0.25)
+    rows = np.arange(case.true.size)
+    assert case.noisy.sum() == round(0.25 * rows.size)
+    others = probabilities.copy()
+    others[rows, case.true] = -1
+    np.testing.assert_array_equal(case.given[case.noisy], others.argmax(axis=1)[case.noisy])
+    certainty = probabilities[rows, case.true]
+    assert certainty[case.noisy].mean() < certainty[~case.noisy].mean() - 0.1
+
+
 def test_worst_class_ratio():
     class Stub:
         n_classes, class_names = 2, ["a", "b"]
