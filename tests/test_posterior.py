@@ -413,3 +413,98 @@ def test_one_validation_image_per_class_is_decided_without_an_error(n_classes):
     # the images whose label was changed are, on the whole, scored as the less likely ones
     assert made.score[given != y].mean() < made.score[given == y].mean()
 
+
+
+# --- what reviews say about the labels (step 4) ---------------------------------------------
+
+def _ambiguous_data(rng, n_per_class=300, K=3, dim=8, rate=0.2, val_per_class=40):
+    """Overlapping classes; the `rate` of images that look most like another class (drawn
+    with weight 1 - p(true class), the exact Bayes posterior) get that class, as when
+    annotators err on ambiguous images."""
+    centres = rng.normal(size=(K, dim)) * 1.2
+    z = np.repeat(np.arange(K), n_per_class)
+    X = centres[z] + rng.normal(size=(z.size, dim))
+    logits = -0.5 * ((X[:, None, :] - centres[None]) ** 2).sum(axis=2)
+    P = np.exp(logits - logits.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    weight = 1 - P[np.arange(z.size), z]
+    flipped = rng.choice(z.size, int(rate * z.size), replace=False, p=weight / weight.sum())
+    others = P[flipped].copy()
+    others[np.arange(flipped.size), z[flipped]] = -1
+    given = z.copy()
+    given[flipped] = others.argmax(axis=1)
+    vz = np.repeat(np.arange(K), val_per_class)
+    V = centres[vz] + rng.normal(size=(vz.size, dim))
+    return X.astype(np.float32), given, z, V.astype(np.float32), vz
+
+
+def _verdicts(rng, given, z, n):
+    rows = np.sort(rng.choice(given.size, n, replace=False))
+    return rows, given[rows] == z[rows]
+
+
+def test_review_doubt_is_the_share_that_explains_the_verdicts():
+    rng = np.random.default_rng(21)
+    r, K = 400, 3
+    P = rng.dirichlet(np.ones(K) * 0.7, size=r)
+    given = rng.integers(0, K, r)
+    composition = np.full((K, K), 0.05) + np.eye(K) * 0.85
+    prior, share, p_out = np.full(K, 1 / K), np.zeros(r), np.zeros(r)
+    rows = np.arange(r)
+    cc = P * composition[given]
+    cc = cc[rows, given] / cc.sum(axis=1)
+    q = P[rows, given]  # the uniform prior: Q is P itself
+    for truth, expected in ((cc, 0.0), (q, 1.0), (0.5 * cc + 0.5 * q, 0.5)):
+        right = rng.random(r) < truth
+        doubt = posterior.review_doubt(P, given, right, composition, prior, share, p_out)
+        assert abs(doubt - expected) < 0.2, (expected, doubt)
+
+
+def test_reviews_teach_the_rule_that_labels_err_where_images_are_ambiguous():
+    rng = np.random.default_rng(22)
+    X, given, z, V, vz = _ambiguous_data(rng)
+    noisy = given != z
+    plain = label_decisions(X, given, V, vz, 3)
+    rows, right = _verdicts(rng, given, z, 80)
+    taught = label_decisions(X, given, V, vz, 3, verdicts=(rows, right))
+    assert "review_doubt" not in plain.info and taught.info["review_doubt"] > 0.5
+    unreviewed = np.setdiff1d(np.arange(given.size), rows)
+    assert (_f1(taught.flagged[unreviewed], noisy[unreviewed])
+            > _f1(plain.flagged[unreviewed], noisy[unreviewed]) + 0.1)
+
+
+def test_reviews_of_class_noise_leave_the_label_trusted():
+    rng = np.random.default_rng(23)
+    X, given, z, V, vz = _data(rng, n_per_class=150)
+    plain = label_decisions(X, given, V, vz, 4)
+    rows, right = _verdicts(rng, given, z, 80)
+    taught = label_decisions(X, given, V, vz, 4, verdicts=(rows, right))
+    assert taught.info["review_doubt"] < 0.2
+    noisy = given != z
+    assert _f1(taught.flagged, noisy) > _f1(plain.flagged, noisy) - 0.02
+
+
+def test_no_verdicts_change_nothing():
+    rng = np.random.default_rng(24)
+    X, given, z, V, vz = _ambiguous_data(rng, n_per_class=100)
+    plain = label_decisions(X, given, V, vz, 3)
+    empty = label_decisions(X, given, V, vz, 3, verdicts=(np.zeros(0, np.int64), np.zeros(0, bool)))
+    np.testing.assert_array_equal(plain.score, empty.score)
+    assert plain.info == empty.info
+
+
+def test_the_verdicts_are_judged_by_a_classifier_that_did_not_learn_them(monkeypatch):
+    # a kept or relabelled image joins the trusted classifier's training images; its verdict
+    # must be explained by one fit on the validation sample alone
+    rng = np.random.default_rng(25)
+    X, given, z, V, vz = _ambiguous_data(rng, n_per_class=100)
+    rows, right = _verdicts(rng, given, z, 40)
+    kept = rows[right]
+    V2, vz2 = np.concatenate([V, X[kept]]), np.concatenate([vz, z[kept]])
+    fitted: list = []
+    refit = posterior._refit
+    monkeypatch.setattr(posterior, "_refit", lambda val, y, C: fitted.append(y) or refit(val, y, C))
+    result = label_decisions(X, given, V2, vz2, 3, reviewed=kept.size, verdicts=(rows, right))
+    assert len(fitted) == 1
+    np.testing.assert_array_equal(fitted[0], vz)
+    assert "review_doubt" in result.info

@@ -172,10 +172,14 @@ class Validation:
     features: np.ndarray  # (m, D) as extracted (not normalised)
     labels: np.ndarray  # (m,) int64
     reviewed: int = 0  # the last rows are reviewed training images (chosen, not sampled)
+    # (training rows, right): every reviewed training image and whether its given label was
+    # right (the person kept it under that label)
+    verdicts: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def of(cls, val: Any, train_features: Any,
-           reviewed: tuple[np.ndarray, np.ndarray] | None = None) -> Validation:
+           reviewed: tuple[np.ndarray, np.ndarray] | None = None,
+           verdicts: tuple[np.ndarray, np.ndarray] | None = None) -> Validation:
         """The usable rows of a validation split (features, labels, ok_rows) and the training
         images a person says are labeled correctly: reviewed = (rows, their labels)."""
         rows = val.ok_rows
@@ -185,7 +189,17 @@ class Validation:
             parts.append(np.asarray(train_features[reviewed[0]]))
             labels.append(reviewed[1])
         return cls(features=np.concatenate(parts), labels=np.concatenate(labels),
-                   reviewed=n_reviewed)
+                   reviewed=n_reviewed, verdicts=verdicts)
+
+
+def review_verdicts(every: np.ndarray, kept: tuple[np.ndarray, np.ndarray], given: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(every reviewed training row, whether its given label was right) from the rows and
+    the person's labels of those kept or relabelled (kept)."""
+    rows, labels = np.asarray(kept[0], np.int64), np.asarray(kept[1], np.int64)
+    right_rows = rows[labels == np.asarray(given)[rows]]
+    every = np.asarray(every, np.int64)
+    return every, np.isin(every, right_rows)
 
 
 def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,
@@ -254,7 +268,8 @@ def posterior_scored(features: FeatureView, labels: np.ndarray, ok_rows: np.ndar
         RowSubset(raw, ok_rows), labels[ok_rows], val_raw, validation.labels, n_classes,
         train_values=class_values(features, ok_rows, est, nets, n_classes),
         val_values=class_values(val_view, np.arange(val_raw.shape[0]), est, nets, n_classes),
-        value_scale=scale, center=center, options=options, reviewed=validation.reviewed)
+        value_scale=scale, center=center, options=options, reviewed=validation.reviewed,
+        verdicts=_ok_positions(validation.verdicts, ok_rows))
     n = labels.size
     scores = np.full(n, np.nan)
     decisions = np.full(n, "error", dtype=object)
@@ -272,4 +287,15 @@ def posterior_scored(features: FeatureView, labels: np.ndarray, ok_rows: np.ndar
     stderr = np.full(n, np.nan)
     return Scored(values=values, stderr=stderr, scores=scores, decisions=decisions,
                   suggested=suggested, info=info)
+
+
+def _ok_positions(verdicts: tuple[np.ndarray, np.ndarray] | None, ok_rows: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Verdicts on training rows as positions among the usable rows (ok_rows, sorted)."""
+    if verdicts is None:
+        return None
+    rows, right = verdicts
+    position = np.minimum(np.searchsorted(ok_rows, rows), max(ok_rows.size - 1, 0))
+    usable = ok_rows.size > 0 and np.asarray(ok_rows[position] == rows)
+    return position[usable], np.asarray(right, bool)[usable]
 

@@ -45,6 +45,19 @@ data set at hand; nothing is tuned to a benchmark):
    explaining each label from its neighbourhood: near 0 for random or pair
    flips, large when similar images share the same wrong label.
 
+4. What a person's reviews say about the labels' worth. Where the images are
+   ambiguous (the views split between the given and another class), the
+   training set cannot tell whether labels there follow the true class (the
+   class-conditional model: trust the label) or err exactly there (annotators
+   mistaking similar images: the label says no more than the image does); the
+   data fit both equally. Reviews can tell: each says whether a given label was
+   right. The share of every label's weight given to the appearance model is
+   raised from a_i to s + (1 - s) a_i, s maximising the likelihood of the
+   reviews' verdicts (their probabilities from a trusted classifier that did
+   not learn from them). Which images were reviewed depends on the image and
+   its label only, not on the truth, so for this conditional likelihood they
+   are a fair sample. Without reviews s = 0.
+
 The score is the log-odds that the label is right, (1 - p_outlier) *
 p_label; an image is flagged when it is below the threshold (0: even odds).
 A flagged image is an `outlier` when p_outlier is the larger part of the
@@ -223,6 +236,27 @@ def _with_extra(val: np.ndarray, val_y: np.ndarray, rows: np.ndarray | None,
     return np.concatenate([X, extra[0]]), np.concatenate([y, extra[1]])
 
 
+def _refit(val: np.ndarray, val_y: np.ndarray, C: float) -> Any:
+    """The trusted classifier on the validation sample alone, with its chosen C."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return LogisticRegression(C=C, max_iter=1000).fit(val, val_y)
+
+
+def _unlearnt_probabilities(plain: Any, X: np.ndarray, views: list[np.ndarray],
+                            params: np.ndarray, val_prior: np.ndarray) -> np.ndarray:
+    """(r, K) class probabilities (uniform prior) of reviewed images from the stacked views,
+    the trusted view replaced by `plain`'s, a classifier that did not learn from them."""
+    K = val_prior.size
+    P = stacked([np.log(class_probabilities(plain, X, K)), *views[1:]], params)
+    P /= np.maximum(val_prior, _EPS)
+    return P / P.sum(axis=1, keepdims=True)
+
+
 def _held_out_probabilities(val: np.ndarray, val_y: np.ndarray, n_classes: int, C: float,
                             split: list, extra: tuple[np.ndarray, np.ndarray] | None = None
                             ) -> np.ndarray:
@@ -375,6 +409,35 @@ def appearance_share(post: np.ndarray, given: np.ndarray, neighbours: np.ndarray
     return lam, share
 
 
+def review_doubt(P: np.ndarray, given: np.ndarray, right: np.ndarray, composition: np.ndarray,
+                 prior: np.ndarray, share: np.ndarray, p_out: np.ndarray) -> float:
+    """The share s in [0, 1] of the appearance model that best explains reviews' verdicts.
+
+    P (r, K): the reviewed images' class probabilities (uniform prior) from
+    views that did not learn from the reviews; given (r,) their labels; right
+    (r,) bool: the person kept the given label; composition, prior: the groups'
+    estimated compositions and the set's prior; share (r,): the appearance
+    model's responsibility a_i; p_out (r,): outlier probabilities. Under s the
+    label is right with (1 - p_out) ((1 - a') post_cc + a' Q) at the given
+    label, a' = s + (1 - s) a_i (post_cc: P weighted by the group's
+    composition; Q: by the set's prior). Maximum likelihood, bounded.
+    """
+    from scipy.optimize import minimize_scalar
+
+    rows = np.arange(given.size)
+    cc = P * composition[given]
+    cc = cc[rows, given] / np.maximum(cc.sum(axis=1), _TINY)
+    q = P * prior
+    q = q[rows, given] / np.maximum(q.sum(axis=1), _TINY)
+
+    def nll(s: float) -> float:
+        a = s + (1 - s) * share
+        p_right = np.clip((1 - p_out) * ((1 - a) * cc + a * q), _EPS, 1 - _EPS)
+        return -np.log(np.where(right, p_right, 1 - p_right)).sum()
+
+    return float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
+
+
 def grenander_lfdr(p: np.ndarray) -> tuple[np.ndarray, float]:
     """Local false-discovery rate of p-values under a decreasing density (Grenander).
 
@@ -493,8 +556,8 @@ def aligned_reference(reference: np.ndarray, bulk: np.ndarray) -> np.ndarray:
 def label_decisions(train_features: Any, train_labels: Any, val_features: Any, val_labels: Any,
                     n_classes: int, train_values: Any = None, val_values: Any = None,
                     value_scale: Any = None, center: Any = None,
-                    options: DecisionOptions | None = None, reviewed: int = 0
-                    ) -> LabelDecisions:
+                    options: DecisionOptions | None = None, reviewed: int = 0,
+                    verdicts: tuple[Any, Any] | None = None) -> LabelDecisions:
     """Decide every training image from the training-values and the validation set.
 
     train_features (n, D) (may be memory-mapped: read in blocks), train_labels
@@ -508,6 +571,8 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     review queue takes the most uncertain first), not sampled, so they train
     the trusted classifier, but the stack, the class prior and the outlier
     reference, which need a sample of the data, come from the other rows.
+    verdicts: (rows, right) the training rows a person reviewed and whether
+    each one's given label was right (kept under it); they fit step 4.
     """
     options = options or DecisionOptions()
     given = np.asarray(train_labels, np.int64)
@@ -571,8 +636,15 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # the stack learnt the validation set's class prior: divide it out
     val_prior = np.bincount(val_y, minlength=K) / m
     P = stacked(views_train, params) / np.maximum(val_prior, _EPS)
-    del views_train  # (n, K) each: large for many classes
     P /= P.sum(axis=1, keepdims=True)
+    review = None
+    if verdicts is not None and np.asarray(verdicts[0]).size:
+        plain = trusted if person[1].size == 0 else _refit(val, val_y, C)
+        rows_r = np.asarray(verdicts[0], np.int64)
+        review = (rows_r, np.asarray(verdicts[1], bool),
+                  _unlearnt_probabilities(plain, train[rows_r], [v[rows_r] for v in views_train],
+                                          params, val_prior))
+    del views_train  # (n, K) each: large for many classes
 
     # 2. images of no class (before step 3: they should not count in its estimates)
     Q, prior = prior_shift(P)
@@ -596,6 +668,15 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
         post_cc, composition = group_posterior(P, given, K, inset, share_app, Q)
         lam, share_app = appearance_share(post_cc, given, regime_nb, K, inset)
     info["appearance_share"] = round(lam, 4)
+
+    # 4. what the reviews say about the labels where the images are ambiguous
+    if review is not None:
+        rows_r, right, P_r = review
+        doubt = review_doubt(P_r, given[rows_r], right, composition, prior, share_app[rows_r],
+                             p_out[rows_r])
+        info["review_doubt"] = round(doubt, 4)
+        share_app = doubt + (1 - doubt) * share_app
+        post_cc, composition = group_posterior(P, given, K, inset, share_app, Q)
     posterior = (1 - share_app)[:, None] * post_cc + share_app[:, None] * Q
     rows = np.arange(n)
     p_label = posterior[rows, given]

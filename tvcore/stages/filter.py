@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..engine.decisions import Validation, fit_class_valuenets, score_training_set
+from ..engine.decisions import (
+    Validation,
+    fit_class_valuenets,
+    review_verdicts,
+    score_training_set,
+)
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
@@ -168,8 +173,12 @@ def trusted_images(run: RunDir, features: FeatureSet, config: Config,
     """What the posterior rule may trust: the readable validation images and, with
     estimate.use_reviews, the training images a person kept or relabelled (`reviews`, as
     reviewed_rows takes them; None: read RUN/review.csv)."""
-    reviewed = reviewed_rows(run, features, reviews)[1] if config.estimate.use_reviews else None
-    return Validation.of(features.val, features.train.features, reviewed)
+    if not config.estimate.use_reviews:
+        return Validation.of(features.val, features.train.features)
+    every, kept = reviewed_rows(run, features, reviews)
+    verdicts = (None if every is None or kept is None
+                else review_verdicts(every, kept, features.train.labels))
+    return Validation.of(features.val, features.train.features, kept, verdicts)
 
 
 def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool) -> Any:
