@@ -94,8 +94,8 @@ def test_reviews_on_arrays_decide_their_rows_and_join_the_validation_set(arrays)
     assert not np.array_equal(result.scored.scores, plain.scored.scores)
     unreviewed = tvcore.training_values(x, y, val_x, val_y, FAST, reviewed={})
     np.testing.assert_array_equal(unreviewed.scored.scores, plain.scored.scores)
-    # the three verdicts (wrong, right, gone) fit what labels are worth where images are
-    # ambiguous (the posterior rule's step 4)
+    # the verdicts on the images put in a class (wrong, right) fit what labels are worth
+    # where images are ambiguous (the posterior rule's step 4)
     assert "review_doubt" in result.scored.info and "review_doubt" not in plain.scored.info
 
 

@@ -449,15 +449,31 @@ def test_review_doubt_is_the_share_that_explains_the_verdicts():
     P = rng.dirichlet(np.ones(K) * 0.7, size=r)
     given = rng.integers(0, K, r)
     composition = np.full((K, K), 0.05) + np.eye(K) * 0.85
-    prior, share, p_out = np.full(K, 1 / K), np.zeros(r), np.zeros(r)
+    prior, share = np.full(K, 1 / K), np.zeros(r)
     rows = np.arange(r)
     cc = P * composition[given]
     cc = cc[rows, given] / cc.sum(axis=1)
     q = P[rows, given]  # the uniform prior: Q is P itself
     for truth, expected in ((cc, 0.0), (q, 1.0), (0.5 * cc + 0.5 * q, 0.5)):
         right = rng.random(r) < truth
-        doubt = posterior.review_doubt(P, given, right, composition, prior, share, p_out)
+        doubt = posterior.review_doubt(P, given, right, composition, prior, share)
         assert abs(doubt - expected) < 0.2, (expected, doubt)
+
+
+def test_review_doubt_stays_zero_where_the_verdicts_cannot_tell():
+    # sure class probabilities: class-conditional and appearance models agree on every
+    # verdict, and the share is not fitted to noise (s = 0, the rule without reviews)
+    rng = np.random.default_rng(26)
+    r, K = 300, 3
+    z = rng.integers(0, K, r)
+    P = np.full((r, K), 1e-6)
+    P[np.arange(r), z] = 1.0
+    P /= P.sum(axis=1, keepdims=True)
+    given = np.where(rng.random(r) < 0.2, (z + 1) % K, z)
+    composition = np.full((K, K), 0.1) + np.eye(K) * 0.7
+    doubt = posterior.review_doubt(P, given, given == z, composition, np.full(K, 1 / K),
+                                   np.zeros(r))
+    assert doubt == 0.0
 
 
 def test_reviews_teach_the_rule_that_labels_err_where_images_are_ambiguous():

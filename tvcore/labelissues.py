@@ -79,8 +79,7 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     warnings = list(subset.warnings)
     view = FeatureView(train.features, center)
     nets = fit_class_valuenets(view, est, inputs.class_names, config, warnings)
-    verdicts = (None if exclude is None or extra is None
-                else review_verdicts(exclude, extra, train.labels))
+    verdicts = None if extra is None else review_verdicts(extra, train.labels)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
                                 config.filter,
                                 Validation.of(inputs.val, train.features, extra, verdicts),

@@ -172,8 +172,8 @@ class Validation:
     features: np.ndarray  # (m, D) as extracted (not normalised)
     labels: np.ndarray  # (m,) int64
     reviewed: int = 0  # the last rows are reviewed training images (chosen, not sampled)
-    # (training rows, right): every reviewed training image and whether its given label was
-    # right (the person kept it under that label)
+    # (training rows, right): the reviewed training images a person put in a class and whether
+    # the given label was right (the person kept it under that label)
     verdicts: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -192,14 +192,13 @@ class Validation:
                    reviewed=n_reviewed, verdicts=verdicts)
 
 
-def review_verdicts(every: np.ndarray, kept: tuple[np.ndarray, np.ndarray], given: np.ndarray
+def review_verdicts(kept: tuple[np.ndarray, np.ndarray], given: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """(every reviewed training row, whether its given label was right) from the rows and
-    the person's labels of those kept or relabelled (kept)."""
+    """(training rows, whether the given label was right) from the rows a person kept or
+    relabelled and their labels (kept). Discarded rows are left out: an image of no class
+    says nothing about whether labels in the set follow the class."""
     rows, labels = np.asarray(kept[0], np.int64), np.asarray(kept[1], np.int64)
-    right_rows = rows[labels == np.asarray(given)[rows]]
-    every = np.asarray(every, np.int64)
-    return every, np.isin(every, right_rows)
+    return rows, labels == np.asarray(given)[rows]
 
 
 def score_training_set(features: FeatureView, labels: np.ndarray, ok_rows: np.ndarray,

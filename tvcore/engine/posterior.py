@@ -53,8 +53,9 @@ data set at hand; nothing is tuned to a benchmark):
    data fit both equally. Reviews can tell: each says whether a given label was
    right. The share of every label's weight given to the appearance model is
    raised from a_i to s + (1 - s) a_i, s maximising the likelihood of the
-   reviews' verdicts (their probabilities from a trusted classifier that did
-   not learn from them). Which images were reviewed depends on the image and
+   reviews' verdicts on images a person put in a class (their probabilities
+   from a trusted classifier that did not learn from them; a discarded image
+   may be of no class and says nothing about s). Which images were reviewed depends on the image and
    its label only, not on the truth, so for this conditional likelihood they
    are a fair sample. Without reviews s = 0.
 
@@ -81,6 +82,9 @@ CLEAN, DIRTY, RELABEL, OUTLIER = "clean", "dirty", "relabel", "outlier"
 DECISIONS = (CLEAN, DIRTY, RELABEL, OUTLIER)
 _EPS = 1e-9
 _TINY = 1e-300  # floor of a probability inside a log
+# half the 5% critical value of the likelihood-ratio statistic for a share on its bound
+# (s = 0: a 50:50 mixture of chi-square with 0 and 1 degrees of freedom, 2.706)
+_DOUBT_EVIDENCE = 1.353
 _BLOCK = 1024  # query rows per similarity block, at most
 _BLOCK_BYTES = 64 * 2**20  # and at most this much similarity block (float32) at a time
 
@@ -410,17 +414,22 @@ def appearance_share(post: np.ndarray, given: np.ndarray, neighbours: np.ndarray
 
 
 def review_doubt(P: np.ndarray, given: np.ndarray, right: np.ndarray, composition: np.ndarray,
-                 prior: np.ndarray, share: np.ndarray, p_out: np.ndarray) -> float:
+                 prior: np.ndarray, share: np.ndarray) -> float:
     """The share s in [0, 1] of the appearance model that best explains reviews' verdicts.
 
-    P (r, K): the reviewed images' class probabilities (uniform prior) from
-    views that did not learn from the reviews; given (r,) their labels; right
-    (r,) bool: the person kept the given label; composition, prior: the groups'
-    estimated compositions and the set's prior; share (r,): the appearance
-    model's responsibility a_i; p_out (r,): outlier probabilities. Under s the
-    label is right with (1 - p_out) ((1 - a') post_cc + a' Q) at the given
+    The verdicts are on images a person put in a class (kept or relabelled),
+    so they are of the label set: an image discarded as of no class says
+    nothing about s, and an underestimated outlier probability must not read
+    as doubt in every label. P (r, K): the reviewed images' class
+    probabilities (uniform prior) from views that did not learn from the
+    reviews; given (r,) their labels; right (r,) bool: the person kept the
+    given label; composition, prior: the groups' estimated compositions and
+    the set's prior; share (r,): the appearance model's responsibility a_i.
+    Under s the label is right with (1 - a') post_cc + a' Q at the given
     label, a' = s + (1 - s) a_i (post_cc: P weighted by the group's
-    composition; Q: by the set's prior). Maximum likelihood, bounded.
+    composition; Q: by the set's prior). Maximum likelihood, bounded; 0 (the
+    rule without reviews) unless the verdicts reject it: a likelihood-ratio
+    test at 5%, where verdicts that either model explains leave s unfitted.
     """
     from scipy.optimize import minimize_scalar
 
@@ -432,10 +441,11 @@ def review_doubt(P: np.ndarray, given: np.ndarray, right: np.ndarray, compositio
 
     def nll(s: float) -> float:
         a = s + (1 - s) * share
-        p_right = np.clip((1 - p_out) * ((1 - a) * cc + a * q), _EPS, 1 - _EPS)
+        p_right = np.clip((1 - a) * cc + a * q, _EPS, 1 - _EPS)
         return -np.log(np.where(right, p_right, 1 - p_right)).sum()
 
-    return float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
+    s = float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded").x)
+    return s if nll(0.0) - nll(s) > _DOUBT_EVIDENCE else 0.0
 
 
 def grenander_lfdr(p: np.ndarray) -> tuple[np.ndarray, float]:
@@ -571,8 +581,9 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     review queue takes the most uncertain first), not sampled, so they train
     the trusted classifier, but the stack, the class prior and the outlier
     reference, which need a sample of the data, come from the other rows.
-    verdicts: (rows, right) the training rows a person reviewed and whether
-    each one's given label was right (kept under it); they fit step 4.
+    verdicts: (rows, right) the training rows a person put in a class (kept
+    or relabelled) and whether each one's given label was right (kept under
+    it); they fit step 4.
     """
     options = options or DecisionOptions()
     given = np.asarray(train_labels, np.int64)
@@ -672,8 +683,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # 4. what the reviews say about the labels where the images are ambiguous
     if review is not None:
         rows_r, right, P_r = review
-        doubt = review_doubt(P_r, given[rows_r], right, composition, prior, share_app[rows_r],
-                             p_out[rows_r])
+        doubt = review_doubt(P_r, given[rows_r], right, composition, prior, share_app[rows_r])
         info["review_doubt"] = round(doubt, 4)
         share_app = doubt + (1 - doubt) * share_app
         post_cc, composition = group_posterior(P, given, K, inset, share_app, Q)

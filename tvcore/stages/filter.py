@@ -175,9 +175,8 @@ def trusted_images(run: RunDir, features: FeatureSet, config: Config,
     reviewed_rows takes them; None: read RUN/review.csv)."""
     if not config.estimate.use_reviews:
         return Validation.of(features.val, features.train.features)
-    every, kept = reviewed_rows(run, features, reviews)
-    verdicts = (None if every is None or kept is None
-                else review_verdicts(every, kept, features.train.labels))
+    kept = reviewed_rows(run, features, reviews)[1]
+    verdicts = None if kept is None else review_verdicts(kept, features.train.labels)
     return Validation.of(features.val, features.train.features, kept, verdicts)
 
 
