@@ -1,10 +1,12 @@
 """The review loop with a simulated reviewer: does reviewing a few images improve the rest?
 
-    python -m benchmarks review-loop [--cases f-pair30,f-lab-lr] [--reviews 0,50,100,200]
+    python -m benchmarks review-loop [--cases f-pair30,f-lab-lr,f-ambig20]
+                                     [--reviews 0,50,100,200]
                                      [--seeds 0] [--json OUT.json]
 
-For every case of the quality suite (benchmarks.cases; default: pair noise and
-labels from a cheap labeller, 10,000 training images each), tvclean runs once
+For every case of the quality suite (benchmarks.cases; default: pair noise,
+labels from a cheap labeller and labels that err where images are ambiguous,
+10,000 training images each), tvclean runs once
 with nobody's reviews; then a reviewer who answers from the known truth (keep a
 right label, relabel a wrong one to its true class, discard an image of no
 class) reviews N images and tvclean runs again with those reviews
@@ -41,7 +43,7 @@ from tvcore.stages.evaluate import detection_metrics
 from .bench_quality import SPECS, _check_known, _outcome, make_row
 from .cases import Case
 
-DEFAULT_CASES = ["f-pair30", "f-lab-lr"]
+DEFAULT_CASES = ["f-pair30", "f-lab-lr", "f-ambig20"]
 STRATEGIES = ("queue", "random")
 
 
