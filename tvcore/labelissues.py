@@ -24,7 +24,6 @@ from .engine.decisions import (
     Scored,
     Validation,
     fit_class_valuenets,
-    review_verdicts,
     score_training_set,
 )
 from .engine.estimates import Estimates
@@ -79,10 +78,8 @@ def training_values(train_features: Any, train_labels: Any, val_features: Any, v
     warnings = list(subset.warnings)
     view = FeatureView(train.features, center)
     nets = fit_class_valuenets(view, est, inputs.class_names, config, warnings)
-    verdicts = None if extra is None else review_verdicts(extra, train.labels)
     scored = score_training_set(view, train.labels, train.ok_rows, est, nets, inputs.n_classes,
-                                config.filter,
-                                Validation.of(inputs.val, train.features, extra, verdicts),
+                                config.filter, Validation.of(inputs.val, train, extra),
                                 config.valuenet.seed)
     apply_reviews(scored, train.labels, reviewed)
     return ValueResult(values=scored.values, scores=scored.scores, dirty=scored.dirty, mc=est,

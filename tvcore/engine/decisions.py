@@ -177,23 +177,24 @@ class Validation:
     verdicts: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
-    def of(cls, val: Any, train_features: Any,
-           reviewed: tuple[np.ndarray, np.ndarray] | None = None,
-           verdicts: tuple[np.ndarray, np.ndarray] | None = None) -> Validation:
-        """The usable rows of a validation split (features, labels, ok_rows) and the training
-        images a person says are labeled correctly: reviewed = (rows, their labels)."""
+    def of(cls, val: Any, train: Any,
+           reviewed: tuple[np.ndarray, np.ndarray] | None = None) -> Validation:
+        """The usable rows of a validation split (features, labels, ok_rows), the training
+        images a person says are labeled correctly (reviewed = (rows, their labels); train:
+        the training split, features and given labels) and the verdicts on their labels."""
         rows = val.ok_rows
         parts, labels = [np.asarray(val.features[rows])], [val.labels[rows]]
         n_reviewed = 0 if reviewed is None else int(reviewed[0].size)
         if reviewed is not None and n_reviewed:
-            parts.append(np.asarray(train_features[reviewed[0]]))
+            parts.append(np.asarray(train.features[reviewed[0]]))
             labels.append(reviewed[1])
+        verdicts = None if reviewed is None else _verdicts(reviewed, train.labels)
         return cls(features=np.concatenate(parts), labels=np.concatenate(labels),
                    reviewed=n_reviewed, verdicts=verdicts)
 
 
-def review_verdicts(kept: tuple[np.ndarray, np.ndarray], given: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _verdicts(kept: tuple[np.ndarray, np.ndarray], given: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, whether the given label was right) from the rows a person kept or
     relabelled and their labels (kept). Discarded rows are left out: an image of no class
     says nothing about whether labels in the set follow the class."""

@@ -55,9 +55,9 @@ data set at hand; nothing is tuned to a benchmark):
    raised from a_i to s + (1 - s) a_i, s maximising the likelihood of the
    reviews' verdicts on images a person put in a class (their probabilities
    from a trusted classifier that did not learn from them; a discarded image
-   may be of no class and says nothing about s). Which images were reviewed depends on the image and
-   its label only, not on the truth, so for this conditional likelihood they
-   are a fair sample. Without reviews s = 0.
+   may be of no class and says nothing about s). Which images were reviewed
+   depends on the image and its label only, not on the truth, so for this
+   conditional likelihood they are a fair sample. Without reviews s = 0.
 
 The score is the log-odds that the label is right, (1 - p_outlier) *
 p_label; an image is flagged when it is below the threshold (0: even odds).

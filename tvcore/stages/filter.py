@@ -17,12 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Config
-from ..engine.decisions import (
-    Validation,
-    fit_class_valuenets,
-    review_verdicts,
-    score_training_set,
-)
+from ..engine.decisions import Validation, fit_class_valuenets, score_training_set
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
@@ -174,10 +169,8 @@ def trusted_images(run: RunDir, features: FeatureSet, config: Config,
     estimate.use_reviews, the training images a person kept or relabelled (`reviews`, as
     reviewed_rows takes them; None: read RUN/review.csv)."""
     if not config.estimate.use_reviews:
-        return Validation.of(features.val, features.train.features)
-    kept = reviewed_rows(run, features, reviews)[1]
-    verdicts = None if kept is None else review_verdicts(kept, features.train.labels)
-    return Validation.of(features.val, features.train.features, kept, verdicts)
+        return Validation.of(features.val, features.train)
+    return Validation.of(features.val, features.train, reviewed_rows(run, features, reviews)[1])
 
 
 def _placements(features: FeatureSet, table: TrainingValues, prefix_values: bool) -> Any:
