@@ -380,6 +380,61 @@ def test_a_validation_set_unlike_the_training_set_makes_no_outliers(val_noise, o
     assert _f1(result.flagged, given != z) > 0.8
 
 
+def test_mean_top_fewer_is_the_mean_over_every_left_out_candidate():
+    rng = np.random.default_rng(4)
+    rows, cols = 50, 12
+    sims = -np.sort(-rng.normal(size=(rows, cols)), axis=1)
+    ks = rng.integers(1, cols - 1, rows)
+    among = rng.integers(cols - 1, 40, rows).astype(float)  # the row's candidates in all
+    naive = np.empty(rows)
+    for i in range(rows):
+        # leave out each of the `among` candidates in turn (those beyond the columns never
+        # reach the top k), in float64
+        top = sims[i].astype(np.float64)
+        outcomes = [np.delete(top, j)[:ks[i]].mean() for j in range(ks[i])]
+        outcomes += [top[:ks[i]].mean()] * int(among[i] - ks[i])
+        naive[i] = np.mean(outcomes)
+    np.testing.assert_allclose(posterior.mean_top_fewer(sims, ks, among), naive, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(posterior.mean_top_fewer(sims, ks, np.full(rows, np.inf)),
+                               [sims[i, :ks[i]].mean() for i in range(rows)], rtol=0, atol=1e-12)
+
+
+def _near_outliers(rng, share=0.25):
+    """Four classes; a folder's worth of images of no class between two of them, each
+    given the nearer class's label (as a classifier would)."""
+    X, given, z, V, vz = _data(rng, flip=0.0, n_per_class=200)
+    centres = np.stack([X[z == c].mean(axis=0) for c in range(4)])
+    n_out = int(share * z.size / (1 - share))
+    between = 0.5 * (centres[0] + centres[1]) + rng.normal(size=(n_out, X.shape[1]))
+    X = np.concatenate([X, between.astype(np.float32)])
+    nearer = np.argmin(((between[:, None, :] - centres[None, :2]) ** 2).sum(axis=2), axis=1)
+    return X, np.concatenate([given, nearer]), np.concatenate([z, np.full(n_out, -1)]), V, vz
+
+
+def test_images_of_no_class_close_to_a_class_are_counted_not_aligned_away():
+    # with the reference moved to each folder's median, half a folder lies above it whatever
+    # it holds, and the estimated share of images of no class was 0 here
+    rng = np.random.default_rng(23)
+    X, given, z, V, vz = _near_outliers(rng)
+    result = label_decisions(X, given, V, vz, 4)
+    assert result.info["outlier_share"] == pytest.approx(np.mean(z < 0), abs=0.1)
+    outlier = result.decisions == "outlier"
+    assert np.mean(outlier[z < 0]) > 0.6 and np.mean(outlier[z >= 0]) < 0.02
+
+
+def test_collected_apart_tells_a_moved_validation_set_from_a_contaminated_folder():
+    from tvcore.engine.posterior import collected_apart
+
+    rng = np.random.default_rng(5)
+    val_y, nearest = np.repeat(np.arange(3), 30), np.repeat(np.arange(3), 300)
+    same = rng.normal(size=900)
+    assert not collected_apart(rng.normal(size=90), val_y, same, nearest, 3)
+    assert collected_apart(rng.normal(size=90) + 1.0, val_y, same, nearest, 3)
+    # a quarter of every folder far down in its lower tail: not a moved validation set
+    dirty = np.where(rng.random(900) < 0.25, rng.normal(-6.0, 1.0, 900), same)
+    assert not collected_apart(rng.normal(size=90), val_y, dirty, nearest, 3)
+
+
 def test_aligned_reference_moves_the_null_to_the_training_bulk():
     from tvcore.engine.posterior import aligned_reference
 

@@ -85,6 +85,13 @@ _TINY = 1e-300  # floor of a probability inside a log
 # half the 5% critical value of the likelihood-ratio statistic for a share on its bound
 # (s = 0: a 50:50 mixture of chi-square with 0 and 1 degrees of freedom, 2.706)
 _DOUBT_EVIDENCE = 1.353
+# The validation set reads as collected apart when the training images' upper quantiles of
+# the outlier statistic (at these levels) lie this many binomial z from its own, median class.
+_UPPER_LEVELS = (0.75, 0.9)
+_APART_Z = 2.5
+# Fewer validation images of a class than this tell nothing about its images being of no
+# class (p-values in steps of 1 / (m + 1), and the statistic's own noise of order 1 / m).
+_MIN_REFERENCE = 8
 _BLOCK = 1024  # query rows per similarity block, at most
 _BLOCK_BYTES = 64 * 2**20  # and at most this much similarity block (float32) at a time
 
@@ -486,10 +493,25 @@ def grenander_lfdr(p: np.ndarray) -> tuple[np.ndarray, float]:
     return lfdr, pi0
 
 
+def mean_top_fewer(sims: np.ndarray, ks: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Mean of each row's ks most similar (rows sorted, most similar first), expected over
+    leaving out one of the row's `among` candidates at random (inf: the mean as it is).
+
+    The left-out one is among the top k with chance k / among, and then the
+    (k+1)-th takes its place, changing the mean by (s_(k+1) - s_left_out) / k:
+    in expectation mean_k - (mean_k - s_(k+1)) / among.
+    """
+    rows = np.arange(sims.shape[0])
+    csum = np.cumsum(sims, axis=1, dtype=np.float64)
+    mean_k = csum[rows, ks - 1] / ks
+    return mean_k - (mean_k - sims[rows, ks].astype(np.float64)) / np.maximum(among, ks + 1.0)
+
+
 def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
                         val_pool_sims: np.ndarray, val_val_sims: np.ndarray, val_y: np.ndarray,
                         class_post: np.ndarray, prior: np.ndarray, pool_size: int,
-                        k_val: int) -> tuple[np.ndarray, float, np.ndarray]:
+                        k_val: int, in_pool: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, float, np.ndarray]:
     """Probability (n,) that each training image is of no class, the estimated share of such
     images, and their conformal p-values (n,).
 
@@ -501,31 +523,45 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
     the validation set has nothing. Validation images, scored the same way
     with themselves left out, are the reference of the conformal p-values:
     per class (the statistic's level and spread differ between classes), mixed
-    by the image's class posterior.
+    by the image's class posterior, and moved to each class's training images
+    only where the validation set reads as collected apart (collected_apart).
     *_sims: similarities of each image's most similar pool / validation
     images, most similar first (train (n, >=k), val (m, >=k)); class_post
     (n, K) and prior (K,) under the training set's class prior.
     """
     K = prior.size
     val_counts = np.bincount(val_y, minlength=K).astype(float)
-    ratio = np.maximum(prior * pool_size, 1.0) / np.maximum(val_counts, 1.0)
-    k_max = min(train_pool_sims.shape[1], val_pool_sims.shape[1])
+    class_pool = np.maximum(prior * pool_size, 1.0)
+    ratio = class_pool / np.maximum(val_counts, 1.0)
+    # one more column than used: the expected top-k of one image fewer needs the (k+1)-th
+    k_max = min(train_pool_sims.shape[1], val_pool_sims.shape[1]) - 1
     k_train = np.clip(np.rint(k_val * class_post @ ratio), 1, k_max).astype(int)
     k_ref = np.clip(np.rint(k_val * ratio[val_y]), 1, k_max).astype(int)
-    k_v = min(k_val, train_val_sims.shape[1], val_val_sims.shape[1])
-
-    def mean_top(sims: np.ndarray, ks: np.ndarray) -> np.ndarray:
-        csum = np.cumsum(sims, axis=1, dtype=np.float64)
-        return csum[np.arange(sims.shape[0]), ks - 1] / ks
-
-    stat_train = train_val_sims[:, :k_v].mean(axis=1) - mean_top(train_pool_sims, k_train)
-    stat_val = val_val_sims[:, :k_v].mean(axis=1) - mean_top(val_pool_sims, k_ref)
+    k_v = min(k_val, train_val_sims.shape[1] - 1, val_val_sims.shape[1])
+    if in_pool is None:
+        in_pool = np.ones(train_pool_sims.shape[0], bool)
+    # A validation image is scored with itself left out (one own-class validation image
+    # fewer), a training image of the pool likewise (one own-class pool image fewer). The
+    # others get the expected statistic over one own-class image fewer, so that under the
+    # same distribution both sides are alike (the shift is ~k/m, not small for m ~ 20).
+    own_val = class_post @ val_counts
+    stat_train = (mean_top_fewer(train_val_sims, np.full(own_val.size, k_v), own_val)
+                  - mean_top_fewer(train_pool_sims, k_train,
+                                   np.where(in_pool, np.inf, class_post @ class_pool)))
+    stat_val = (val_val_sims[:, :k_v].mean(axis=1)
+                - mean_top_fewer(val_pool_sims, k_ref, class_pool[val_y]))
     # conformal p-value against the validation images of each class, mixed by the image's
     # class posterior (the statistic's spread differs between classes)
     p = np.zeros(stat_train.size)
     nearest_class = class_post.argmax(axis=1)
+    apart = collected_apart(stat_val, val_y, stat_train, nearest_class, K)
     for c in range(K):
-        reference = aligned_reference(stat_val[val_y == c], stat_train[nearest_class == c])
+        reference = np.sort(stat_val[val_y == c])
+        if 0 < reference.size < _MIN_REFERENCE:  # too few to tell a far image: no evidence
+            p += class_post[:, c]
+            continue
+        if apart:
+            reference = aligned_reference(reference, stat_train[nearest_class == c])
         if reference.size:
             p_c = (1.0 + np.searchsorted(reference, stat_train, side="right")) / (reference.size + 1.0)
             # below the smallest reference the ranks cannot tell apart: an exponential tail
@@ -539,16 +575,53 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
     return 1.0 - lfdr, 1.0 - pi0, p
 
 
+def upper_shift(reference: np.ndarray, bulk: np.ndarray) -> float:
+    """How far the training images' upper quantiles lie from the validation images' (z).
+
+    The share of the reference below the bulk's u-quantile is u, give or take
+    a binomial spread of a reference this size (and the bulk's own), when both
+    come from one distribution. Upper quantiles (u = 0.75, 0.9): images of no
+    class sit in the bulk's lower tail and move them little. Returns the z of
+    larger size; 0 where either side is too small to tell.
+    """
+    m, n = reference.size, bulk.size
+    if m < 2 or n < 10:
+        return 0.0
+    reference = np.sort(reference)
+    zs = []
+    for u in _UPPER_LEVELS:
+        below = np.searchsorted(reference, np.quantile(bulk, u), side="right") / m
+        zs.append((below - u) * np.sqrt(m / (u * (1 - u) * (1 + m / n))))
+    return float(max(zs, key=abs))
+
+
+def collected_apart(stat_val: np.ndarray, val_y: np.ndarray, stat_train: np.ndarray,
+                    nearest_class: np.ndarray, n_classes: int) -> bool:
+    """Whether the validation set reads as collected apart from the training set: the upper
+    quantiles of the outlier statistic differ in the median class by more than
+    _APART_Z.
+
+    A validation set taken elsewhere (other photographers, writers, a later
+    crawl) moves the statistic of every class, top included; a folder full of
+    images of no class moves its own lower tail. Then the reference must move to
+    each class's bulk (aligned_reference); otherwise it stays, and the share of
+    images of no class (Storey) stays estimable (after the move it is 0 by
+    construction: half the bulk lies above the moved median).
+    """
+    shifts = [upper_shift(stat_val[val_y == c], stat_train[nearest_class == c])
+              for c in range(n_classes) if np.any(val_y == c)]
+    return bool(shifts) and abs(float(np.median(shifts))) > _APART_Z
+
+
 def aligned_reference(reference: np.ndarray, bulk: np.ndarray) -> np.ndarray:
     """The validation images' statistics (the null's shape), moved to the location and spread
     of the training images' bulk (median, MAD), sorted.
 
     A validation set collected apart from the training set (other photographers,
     writers, a later crawl) shifts the statistic of every training image alike;
-    the median and MAD of the training images themselves (Efron's empirical null:
-    robust while most images belong to a class) undo such a shift, and only an
-    image far below its own set's bulk reads as an outlier. Fewer than 10 training
-    images of the class: the reference as it is.
+    the median and MAD of the training images themselves (Efron's empirical null)
+    undo such a shift, and only an image far below its own set's bulk reads as an
+    outlier. Fewer than 10 training images of the class: the reference as it is.
     """
     reference = np.sort(np.asarray(reference, np.float64))
     if reference.size < 2 or bulk.size < 10:
@@ -619,7 +692,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     # one over the validation images
     k_out = options.outlier_neighbours if options.outliers else 0
     (nb_train, sim_train), (_, train_val) = top_similar_many(
-        train, [(pool, k_big, self_in_pool, k_nb), (val, k_out, None, 0)])
+        train, [(pool, k_big, self_in_pool, k_nb), (val, k_out + 1 if k_out else 0, None, 0)])
     (nb_val, sim_val), (_, val_val) = top_similar_many(
         val, [(pool, k_big, None, k_nb), (val, k_out, np.arange(m), 0)])
 
@@ -662,7 +735,7 @@ def label_decisions(train_features: Any, train_labels: Any, val_features: Any, v
     if options.outliers:
         p_out, share, _ = outlier_probability(sim_train, train_val, sim_val, val_val, val_y, Q,
                                               prior, pool_rows.size,
-                                              options.outlier_neighbours)
+                                              options.outlier_neighbours, self_in_pool >= 0)
     else:
         p_out, share = np.zeros(n), 0.0
     info["outlier_share"] = round(share, 4)
