@@ -237,3 +237,29 @@ def test_images_of_no_class_go_to_the_outlier_folder(tmp_path):
     frame = load_training_values(run)
     assert frame.loc[frame["decision"] == "outlier", "is_label_issue"].all()
     assert (frame.loc[frame["decision"] == "outlier", "suggested_label"].fillna("") == "").all()
+
+
+def test_many_images_of_no_class_come_with_a_warning_of_what_else_it_can_mean(tmp_path):
+    rng = np.random.default_rng(5)
+    train, labels, _ = clustered_features(rng, 60, 3, 16, noise=0.5)
+    val, val_labels, _ = clustered_features(np.random.default_rng(5), 15, 3, 16, noise=0.5)
+    foreign, _, _ = clustered_features(np.random.default_rng(98), 60, 1, 16, noise=0.5)
+    run = make_feature_run(tmp_path / "run", np.concatenate([train, foreign + 3.0]),
+                           np.concatenate([labels, np.arange(60) % 3]), val, val_labels,
+                           ["ant", "bee", "cat"], data_root=tmp_path / "data")
+    estimate(run, Config(estimate=EstimateConfig(episodes=20)), progress=False)
+    result = filter_run(run, Config(valuenet=ValueNetConfig(min_examples=10, max_epochs=30)),
+                        progress=False)
+    assert result.counts["outlier"] > 0.2 * 240
+    said = [w for w in result.warnings if "of no class" in w]
+    assert len(said) == 1 and "collected apart" in said[0] and "--no-outliers" in said[0]
+    assert f"{result.counts['outlier']} of 240 images" in said[0]
+    assert "of no class" in (run.root / "log.txt").read_text()
+
+
+def test_few_images_of_no_class_need_no_warning(estimated_run):
+    result = filter_run(estimated_run, Config(valuenet=ValueNetConfig(min_examples=10,
+                                                                      max_epochs=30)),
+                        progress=False)
+    assert result.counts["outlier"] <= 0.1 * len(result.decisions)
+    assert not [w for w in result.warnings if "of no class" in w]

@@ -32,10 +32,13 @@ data set at hand; nothing is tuned to a benchmark):
    nearest training images, their numbers in the ratio of the two sets'
    sizes for the image's class) is calibrated on the validation images
    themselves (conformal p-values per class, with an exponential tail below
-   a class's smallest reference value); the share of outliers and each image's
-   probability come from a decreasing-density (Grenander) local
-   false-discovery rate with Storey's null share, so with no outliers almost
-   nothing is called one.
+   a class's smallest reference value; both sides scored with one own-class
+   image fewer; the reference moved to the training images' bulk only where
+   the validation set reads as collected apart, since a folder full of images
+   of no class moves the bulk too; a validation set only a little apart reads
+   as such images); the share of outliers and each image's probability come
+   from a decreasing-density (Grenander) local false-discovery rate with
+   Storey's null share, so with no outliers almost nothing is called one.
 3. What the image's own label adds, under two noise models fitted by EM:
    class-conditional noise (each given-label group is a mixture of true
    classes; the group's composition is its estimated noise rate, so decisions

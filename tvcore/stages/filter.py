@@ -20,6 +20,7 @@ from ..config import Config
 from ..engine.decisions import Validation, fit_class_valuenets, score_training_set
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
+from ..engine.posterior import OUTLIER
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
 from ..rundir.features import check_inputs_outside
@@ -113,6 +114,25 @@ def filter_run(run: str | Path | RunDir,
         return _filter(run, run.resolve(config), progress)
 
 
+# Above this share of images called of no class, say what else it can mean.
+_MANY_OUTLIERS = 0.10
+
+
+def _outlier_warning(decisions: list[str], run: RunDir) -> list[str]:
+    """A validation set collected a little apart from the training set (another source,
+    other photographers, a later crawl) can look to the outlier test like many images of
+    no class; a shift too small to be told apart from them moves nothing, one just
+    larger can move many images (README: outliers)."""
+    outliers = decisions.count(OUTLIER)
+    readable = len(decisions) - decisions.count("error")
+    if not readable or outliers <= _MANY_OUTLIERS * readable:
+        return []
+    return [f"{outliers} of {readable} images ({outliers / readable:.0%}) read as of no class "
+            f"({run.root / 'outlier'}): if your validation images were collected apart from "
+            f"the training images, that difference can look like this; if they belong to "
+            f"their classes, rerun `tvclean filter {run.root} --no-outliers`"]
+
+
 def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     started = time.perf_counter()
     features = load_features(run)
@@ -132,6 +152,7 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
     unknown = apply_reviews(table, reviews) + changed
+    warnings.extend(_outlier_warning(table.decision, run))
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
                         f"this run's training set, or files changed since they were reviewed; "
