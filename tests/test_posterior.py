@@ -435,6 +435,24 @@ def test_collected_apart_tells_a_moved_validation_set_from_a_contaminated_folder
     assert not collected_apart(rng.normal(size=90), val_y, dirty, nearest, 3)
 
 
+def test_share_error_is_the_spread_of_storeys_share_without_outliers():
+    rng = np.random.default_rng(6)
+    n, m = 600, 120
+    shares = []
+    for _ in range(2000):
+        reference = np.sort(rng.normal(size=m))
+        p = (1.0 + np.searchsorted(reference, rng.normal(size=n), side="right")) / (m + 1.0)
+        shares.append(1.0 - 2.0 * np.mean(p > 0.5))
+    assert np.std(shares) == pytest.approx(posterior.share_error(n, m), rel=0.1)
+
+
+def test_a_share_within_its_noise_is_taken_as_none(monkeypatch):
+    X, given, z, V, vz = _data(np.random.default_rng(31), flip=0.1)  # no images of no class
+    assert label_decisions(X, given, V, vz, 4).info["outlier_share"] == 0.0
+    monkeypatch.setattr(posterior, "_SHARE_Z", 0.0)
+    assert label_decisions(X, given, V, vz, 4).info["outlier_share"] > 0.05
+
+
 def test_aligned_reference_moves_the_null_to_the_training_bulk():
     from tvcore.engine.posterior import aligned_reference
 

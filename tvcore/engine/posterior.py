@@ -95,6 +95,8 @@ _APART_Z = 2.5
 # Fewer validation images of a class than this tell nothing about its images being of no
 # class (p-values in steps of 1 / (m + 1), and the statistic's own noise of order 1 / m).
 _MIN_REFERENCE = 8
+# An estimated share of images of no class under this many standard errors is taken as 0.
+_SHARE_Z = 2.0
 _BLOCK = 1024  # query rows per similarity block, at most
 _BLOCK_BYTES = 64 * 2**20  # and at most this much similarity block (float32) at a time
 
@@ -575,7 +577,16 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
             p += class_post[:, c] * p_c
     p /= np.maximum(class_post[:, val_counts > 0].sum(axis=1), _EPS)
     lfdr, pi0 = grenander_lfdr(p)
+    # a share the p-values' noise alone can give is no share (the density's peaks still tell)
+    if 1.0 - pi0 < _SHARE_Z * share_error(p.size, int(val_counts[val_counts >= _MIN_REFERENCE].sum())):
+        lfdr, pi0 = np.minimum(lfdr / max(pi0, _EPS), 1.0), 1.0
     return 1.0 - lfdr, 1.0 - pi0, p
+
+
+def share_error(n: int, m: int) -> float:
+    """Standard error of Storey's share 1 - 2 x (share of p-values above 1/2) with no images
+    of no class: n training images, and m reference images whose median sets 1/2."""
+    return 2.0 * float(np.sqrt(0.25 / max(n, 1) + 0.25 / max(m, 1)))
 
 
 def upper_shift(reference: np.ndarray, bulk: np.ndarray) -> float:
