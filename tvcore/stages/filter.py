@@ -122,7 +122,7 @@ def _outlier_warning(decisions: list[str], run: RunDir) -> list[str]:
     """A validation set collected a little apart from the training set (another source,
     other photographers, a later crawl) can look to the outlier test like many images of
     no class; a shift too small to be told apart from them moves nothing, one just
-    larger can move many images (README: outliers)."""
+    larger can move many images (README, Cleaning quality: "Open set")."""
     outliers = decisions.count(OUTLIER)
     readable = len(decisions) - decisions.count("error")
     if not readable or outliers <= _MANY_OUTLIERS * readable:
