@@ -597,3 +597,12 @@ def test_the_verdicts_are_judged_by_a_classifier_that_did_not_learn_them(monkeyp
     assert len(fitted) == 1
     np.testing.assert_array_equal(fitted[0], vz)
     assert "review_doubt" in result.info
+
+
+def test_a_small_reference_is_moved_to_the_training_bulk(monkeypatch):
+    # 15 validation images per class of the training images' own distribution: left alone,
+    # this seed's reference made a quarter of the images outliers
+    X, given, z, V, vz = _data(np.random.default_rng(218), flip=0.1, val_per_class=15)
+    assert not (label_decisions(X, given, V, vz, 4).decisions == "outlier").any()
+    monkeypatch.setattr(posterior, "_RAW_REFERENCE", 0)
+    assert np.mean(label_decisions(X, given, V, vz, 4).decisions == "outlier") > 0.1
