@@ -34,11 +34,12 @@ data set at hand; nothing is tuned to a benchmark):
    themselves (conformal p-values per class, with an exponential tail below
    a class's smallest reference value; both sides scored with one own-class
    image fewer; the reference moved to the training images' bulk only where
-   the validation set reads as collected apart, since a folder full of images
-   of no class moves the bulk too; a validation set only a little apart reads
-   as such images); the share of outliers and each image's probability come
-   from a decreasing-density (Grenander) local false-discovery rate with
-   Storey's null share, so with no outliers almost nothing is called one.
+   the validation set reads as collected apart or a class has fewer than 30
+   validation images, since a folder full of images of no class moves the
+   bulk too; a validation set only a little apart reads as such images);
+   the share of outliers and each image's probability come from a
+   decreasing-density (Grenander) local false-discovery rate with Storey's
+   null share, so with no outliers almost nothing is called one.
 3. What the image's own label adds, under two noise models fitted by EM:
    class-conditional noise (each given-label group is a mixture of true
    classes; the group's composition is its estimated noise rate, so decisions
@@ -534,7 +535,8 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
     with themselves left out, are the reference of the conformal p-values:
     per class (the statistic's level and spread differ between classes), mixed
     by the image's class posterior, and moved to each class's training images
-    only where the validation set reads as collected apart (collected_apart).
+    only where the validation set reads as collected apart (collected_apart)
+    or the class has fewer than _RAW_REFERENCE validation images.
     *_sims: similarities of each image's most similar pool / validation
     images, most similar first (train (n, >=k), val (m, >=k)); class_post
     (n, K) and prior (K,) under the training set's class prior.
@@ -553,7 +555,7 @@ def outlier_probability(train_pool_sims: np.ndarray, train_val_sims: np.ndarray,
     # A validation image is scored with itself left out (one own-class validation image
     # fewer), a training image of the pool likewise (one own-class pool image fewer). The
     # others get the expected statistic over one own-class image fewer, so that under the
-    # same distribution both sides are alike (the shift is ~k/m, not small for m ~ 20).
+    # same distribution both sides are alike (else they differ by (mean_k - s_(k+1)) / m).
     own_val = class_post @ val_counts
     stat_train = (mean_top_fewer(train_val_sims, np.full(own_val.size, k_v), own_val)
                   - mean_top_fewer(train_pool_sims, k_train,
