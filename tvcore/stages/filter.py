@@ -20,7 +20,6 @@ from ..config import Config
 from ..engine.decisions import Validation, fit_class_valuenets, score_training_set
 from ..engine.estimates import Estimates
 from ..engine.featurenorm import FeatureView
-from ..engine.posterior import OUTLIER
 from ..engine.valuenet import ValueNet, load_valuenets, save_valuenets
 from ..rundir import FeatureSet, RunDir, load_estimates, load_features
 from ..rundir.features import check_inputs_outside
@@ -118,13 +117,13 @@ def filter_run(run: str | Path | RunDir,
 _MANY_OUTLIERS = 0.10
 
 
-def _outlier_warning(decisions: list[str], run: RunDir) -> list[str]:
+def _outlier_warning(counts: Mapping[str, int], run: RunDir) -> list[str]:
     """A validation set collected a little apart from the training set (another source,
     other photographers, a later crawl) can look to the outlier test like many images of
     no class; a shift too small to be told apart from them moves nothing, one just
     larger can move many images (README, Cleaning quality: "Open set")."""
-    outliers = decisions.count(OUTLIER)
-    readable = len(decisions) - decisions.count("error")
+    outliers = counts["outlier"]
+    readable = sum(counts.values()) - counts["error"]
     if not readable or outliers <= _MANY_OUTLIERS * readable:
         return []
     return [f"{outliers} of {readable} images ({outliers / readable:.0%}) read as of no class "
@@ -152,7 +151,8 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     table = training_values_table(train.labels, features.class_names, scored, est, train.given,
                                   train.paths)
     unknown = apply_reviews(table, reviews) + changed
-    warnings.extend(_outlier_warning(table.decision, run))
+    counts = {d: table.decision.count(d) for d in DECISIONS}
+    warnings.extend(_outlier_warning(counts, run))
     if unknown:
         warnings.append(f"{unknown} review(s) in {review_path(run)} name images that are not in "
                         f"this run's training set, or files changed since they were reviewed; "
@@ -165,7 +165,7 @@ def _filter(run: RunDir, full: Config, progress: bool | None) -> FilterResult:
     if split.foreign:
         warnings.append(f"{len(split.foreign)} file(s) in {run.root} that tvclean did not "
                         f"create were left in place, e.g. {split.foreign[0]}")
-    result = FilterResult(table=table, counts={d: table.decision.count(d) for d in DECISIONS},
+    result = FilterResult(table=table, counts=counts,
                           per_class=_per_class(features, table.decision), foreign=split.foreign,
                           warnings=warnings, seconds=time.perf_counter() - started,
                           info=scored.info)
