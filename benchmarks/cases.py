@@ -23,6 +23,9 @@ a seed and its own parameters):
 - `catchall`: many-to-one noise (a share of every class labelled as one class).
 - `ambiguous`: instance-dependent noise (the images that look most like
   another class get that class, as annotators err).
+- `valuneven`: validation classes of unequal sizes (from all the data set has
+  down to a few images), then symmetric or pair noise.
+- `small`: a small training set (a few dozen images per class), then noise.
 
 Truth: `true` is the true class of every training image (-1: an image of no
 class in the label set); an image is noisy when its given label differs.
@@ -51,7 +54,7 @@ from .datasets import (
 
 # Independent random streams per family, derived from the case seed.
 _STREAMS = {"noise": 1, "subsample": 2, "labeller": 3, "openset": 4, "val": 5, "uneven": 6,
-            "catchall": 7, "ambiguous": 8}
+            "catchall": 7, "ambiguous": 8, "valsizes": 9, "small": 10}
 
 
 @dataclass
@@ -354,9 +357,42 @@ def ambiguous(dataset: str, seed: int, rate: float = 0.2) -> Case:
     return Case(**fields)
 
 
+def valuneven(dataset: str, seed: int, fewest: int = 5, kind: str = "symmetric",
+              rate: float = 0.3) -> Case:
+    """Validation classes of unequal sizes: in a seeded order they fall geometrically from all
+    the data set's validation images of a class to `fewest`, then symmetric or pair noise
+    (a validation set put together from whatever clean images each class had)."""
+    data = load_features(dataset)
+    fields = _base(data, f"{dataset} val {fewest}..all per class, {kind} {rate:.0%}")
+    rng = _rng(seed, "valsizes")
+    k = data.n_classes
+    most = int(np.bincount(fields["val_y"]).min())
+    rank = rng.permutation(k)
+    sizes = np.round(most * (fewest / most) ** (rank / (k - 1))).astype(int)
+    chosen = np.sort(np.concatenate([rng.choice(np.flatnonzero(fields["val_y"] == c), sizes[c],
+                                                replace=False) for c in range(k)]))
+    fields["val_X"], fields["val_y"] = fields["val_X"][chosen], fields["val_y"][chosen]
+    _apply_noise(fields, kind, rate, seed, confusable_pairs(dataset) if kind == "pair" else None)
+    fields["info"] = {"val_sizes": sizes}
+    return Case(**fields)
+
+
+def small(dataset: str, seed: int, per_class: int = 50, kind: str = "symmetric",
+          rate: float = 0.3) -> Case:
+    """A small training set: `per_class` images of every class (seeded), then noise."""
+    data = load_features(dataset)
+    rng = _rng(seed, "small")
+    rows = np.sort(np.concatenate([rng.choice(np.flatnonzero(data.train_y == c), per_class,
+                                              replace=False) for c in range(data.n_classes)]))
+    fields = _base(data, f"{dataset} {per_class} training images per class, {kind} {rate:.0%}",
+                   rows=rows)
+    _apply_noise(fields, kind, rate, seed, confusable_pairs(dataset) if kind == "pair" else None)
+    return Case(**fields)
+
+
 FAMILIES = {"symmetric": symmetric, "pair": pair, "labeller": labeller, "openset": openset,
             "longtail": longtail, "fewval": fewval, "uneven": uneven, "catchall": catchall,
-            "ambiguous": ambiguous}
+            "ambiguous": ambiguous, "valuneven": valuneven, "small": small}
 
 
 @dataclass(frozen=True)
@@ -411,5 +447,10 @@ EXTRA = [
     _spec("d-catchall", "digits", "catchall", rate=0.15),
     _spec("f-ambig20", "fashion", "ambiguous", rate=0.2),
     _spec("d-ambig20", "digits", "ambiguous", rate=0.2),
+    _spec("f-valuneven-sym", "fashion", "valuneven", fewest=5, kind="symmetric", rate=0.3),
+    _spec("f-valuneven-pair", "fashion", "valuneven", fewest=5, kind="pair", rate=0.25),
+    _spec("d-valuneven-sym", "digits", "valuneven", fewest=5, kind="symmetric", rate=0.3),
+    _spec("f-small-sym", "fashion", "small", per_class=50, kind="symmetric", rate=0.3),
+    _spec("f-small-pair", "fashion", "small", per_class=100, kind="pair", rate=0.3),
 ]
 QUICK = ["d-sym20", "d-lab-lr", "d-open-near", "d-tail-pair", "f-lab-lr"]

@@ -85,6 +85,28 @@ def test_longtail_sizes_and_fewval(toy):
     assert (np.bincount(few.val_y) == 3).all()
 
 
+def test_uneven_validation_sizes_fall_from_all_to_the_fewest(toy):
+    case = cases.valuneven("toy", 1, fewest=2, kind="symmetric", rate=0.2)
+    sizes = np.bincount(case.val_y, minlength=K)
+    assert sorted(sizes) == sorted(case.info["val_sizes"])
+    assert sizes.max() == 10 and sizes.min() == 2
+    assert len(set(sizes)) == K  # strictly falling in the seeded order
+    assert case.noisy.sum() == round(0.2 * K * PER_CLASS)
+    assert case.val_X.shape[0] == sizes.sum()
+    # validation images are a subset of the data set's own, labels kept
+    for row, label in zip(case.val_X, case.val_y):
+        match = np.flatnonzero((toy.val_X == row).all(axis=1))
+        assert match.size == 1 and toy.val_y[match[0]] == label
+
+
+def test_a_small_training_set_has_the_asked_images_per_class(toy):
+    case = cases.small("toy", 0, per_class=7, kind="pair", rate=0.5)
+    np.testing.assert_array_equal(np.bincount(case.true, minlength=K), np.full(K, 7))
+    flipped = case.noisy
+    assert flipped.any() and (case.given[flipped] == (case.true[flipped] + 1) % K).all()
+    assert case.val_y.size == toy.val_y.size
+
+
 def test_uneven_noise_leaves_the_clean_classes_untouched(toy):
     case = cases.uneven("toy", 2, clean_share=0.5, kind="symmetric", rate=0.5)
     clean = case.info["clean_classes"]
